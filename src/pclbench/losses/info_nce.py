@@ -1,0 +1,246 @@
+"""InfoNCE with Beta-mixup of negatives: PCL's face-aware (2.5) and pose-related (2.6) contrastive losses.
+
+Mixup (method doc 2.5): for anchor i and negative slot j, ``lambda_ij ~ Beta(a, a)`` and ONE
+permutation ``pi`` of the K slots shared by all anchors give
+``n'_ij = lambda_ij * n_ij + (1 - lambda_ij) * n_i,pi(j)``, so every mixed negative is a convex mix
+of two of the anchor's own negatives (the positive is never mixed in), taken BEFORE L2-normalisation.
+Gradients flow through the negatives. Logits ``[cos(q, k), cos(q, n'_1..K)] / T``, cross-entropy
+with target 0, mean over anchors.
+
+Randomness: every draw takes an explicit ``torch.Generator`` on the tensors' device (``None`` uses
+the global generator of that device). Beta variates are sampled on the device from two Gamma
+variates (Marsaglia-Tsang, vectorised with a fixed number of proposal rounds) because
+``torch.distributions.Beta`` cannot take a generator; no host-device sync happens.
+
+Losses are computed in float32 even under autocast: they are cheap and cosines / exp(1/T) are
+precision-sensitive.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_MT_ROUNDS = 16  # Marsaglia-Tsang proposals per variate; acceptance >= 0.95 each, P(all rejected) < 1e-20
+
+
+def no_autocast(device: torch.device):
+    """Context that keeps a loss in float32 when the caller runs under ``torch.autocast``."""
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)
+
+
+def _check_generator(generator: torch.Generator | None, device: torch.device) -> None:
+    if generator is not None and torch.device(generator.device).type != torch.device(device).type:
+        raise ValueError(f"generator is on {generator.device} but the tensors are on {device}; "
+                         "create the torch.Generator on the tensors' device")
+
+
+def sample_gamma(concentration: float, shape: tuple[int, ...], generator: torch.Generator | None,
+                 device: torch.device | str) -> Tensor:
+    """Gamma(concentration, 1) variates (float32) on ``device`` (Marsaglia & Tsang 2000).
+
+    For a < 1, Gamma(a) = Gamma(a + 1) * U^(1/a). Each variate gets ``_MT_ROUNDS`` proposals at once
+    and keeps the first accepted one, so the result is exact except with probability < 1e-20.
+    """
+    if not concentration > 0:
+        raise ValueError(f"sample_gamma: concentration must be > 0, got {concentration!r}")
+    _check_generator(generator, torch.device(device))
+    a = float(concentration)
+    boost = a < 1.0
+    d = (a + 1.0 if boost else a) - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    z = torch.randn((_MT_ROUNDS, *shape), generator=generator, device=device)
+    u = torch.rand((_MT_ROUNDS, *shape), generator=generator, device=device)
+    v = (1.0 + c * z) ** 3
+    ok = v > 0
+    v_safe = torch.where(ok, v, torch.ones_like(v))
+    accept = ok & (torch.log(u) < 0.5 * z * z + d - d * v_safe + d * torch.log(v_safe))
+    first = torch.argmax(accept.to(torch.uint8), dim=0, keepdim=True)  # first accepted round (0 if none)
+    g = d * torch.gather(v_safe, 0, first).squeeze(0)
+    if boost:
+        u2 = torch.rand(shape, generator=generator, device=device)
+        g = g * u2.pow(1.0 / a)
+    return g
+
+
+def sample_beta(alpha: float, shape: tuple[int, ...], generator: torch.Generator | None,
+                device: torch.device | str) -> Tensor:
+    """Symmetric Beta(alpha, alpha) variates ``X / (X + Y)`` with X, Y ~ Gamma(alpha)."""
+    x = sample_gamma(alpha, shape, generator, device)
+    y = sample_gamma(alpha, shape, generator, device)
+    return x / (x + y).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def mixup_enabled(alpha: float | None) -> bool:
+    return alpha is not None and alpha > 0
+
+
+def draw_mixup(n_anchors: int, n_neg: int, alpha: float, generator: torch.Generator | None,
+               device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """The random draws of one mixup, in a fixed order: ``lam (A, K)`` then ``perm (K,)``.
+
+    Exposed so that tests (and anyone auditing a run) can reproduce a loss's mixup from the same seed.
+    """
+    lam = sample_beta(alpha, (n_anchors, n_neg), generator, device)  # (A, K)
+    perm = torch.randperm(n_neg, generator=generator, device=device)  # (K,) shared by all anchors
+    return lam, perm
+
+
+def mix_negatives(neg: Tensor, alpha: float | None, generator: torch.Generator | None) -> Tensor:
+    """Beta-mixup of each anchor's negatives, ``neg (A, K, D) -> (A, K, D)`` (method doc 2.5).
+
+    ``alpha`` None or <= 0 disables mixing (returns ``neg``).
+    """
+    if neg.dim() != 3:
+        raise ValueError(f"mix_negatives: neg must be (A, K, D), got {tuple(neg.shape)}")
+    if not mixup_enabled(alpha):
+        return neg
+    a, k, _ = neg.shape
+    lam, perm = draw_mixup(a, k, alpha, generator, neg.device)
+    lam = lam.to(neg.dtype)[:, :, None]  # (A, K, 1)
+    return lam * neg + (1.0 - lam) * neg[:, perm]
+
+
+def info_nce_with_negatives(q: Tensor, k: Tensor, neg: Tensor, temperature: float) -> Tensor:
+    """Mean InfoNCE over anchors: ``q, k (A, D)``, ``neg (A, K, D)``; everything L2-normalised inside."""
+    if q.dim() != 2 or k.shape != q.shape or neg.dim() != 3 or neg.shape[0] != q.shape[0] \
+            or neg.shape[2] != q.shape[1]:
+        raise ValueError(f"info_nce_with_negatives: expected q, k (A, D) and neg (A, K, D); got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(neg.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"info_nce_with_negatives: temperature must be > 0, got {temperature!r}")
+    with no_autocast(q.device):
+        q = F.normalize(q.float(), dim=-1)
+        k = F.normalize(k.float(), dim=-1)
+        neg = F.normalize(neg.float(), dim=-1)
+        pos = (q * k).sum(-1, keepdim=True)  # (A, 1)
+        negs = torch.einsum("ad,akd->ak", q, neg)  # (A, K)
+        logits = torch.cat([pos, negs], dim=1) / temperature  # (A, 1 + K)
+        target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+        return F.cross_entropy(logits, target)
+
+
+def _other_rows(n: int, device: torch.device) -> Tensor:
+    """``(n, n - 2)`` indices: for row i of ``[v1; v2]`` every row except i and its other view, ascending."""
+    half = n // 2
+    i = torch.arange(n, device=device)[:, None]  # (n, 1)
+    lo = torch.remainder(i, half)  # the row's view-1 index
+    hi = lo + half  # and view-2 index; lo < hi
+    j = torch.arange(n - 2, device=device)[None, :]  # (1, n - 2)
+    r = j + (j >= lo).long()
+    return r + (r >= hi).long()  # (n, n - 2)
+
+
+def face_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float, neg_alpha: float | None,
+                          generator: torch.Generator | None = None) -> Tensor:
+    """Face-aware InfoNCE with in-batch, Beta-mixed negatives (method doc 2.5).
+
+    ``z1, z2 (B, D)``: projected features of the two views of each image. Anchors are the 2B rows of
+    ``[z1; z2]``; row i's positive is its other view and its negatives are the other 2B - 2 rows (in
+    ascending row order), mixed with :func:`draw_mixup` ``(2B, 2B - 2)`` draws before normalisation.
+
+    Exact but without materialising the ``(2B, 2B - 2, D)`` negatives: with ``a = z_idx[i, j]``,
+    ``b = z_idx[i, pi(j)]`` and ``q`` the normalised anchor,
+    ``cos(q, lam a + (1 - lam) b) = (lam q.a + (1 - lam) q.b) / ||lam a + (1 - lam) b||`` and
+    ``||.||^2 = lam^2 a.a + (1 - lam)^2 b.b + 2 lam (1 - lam) a.b``; all dot products come from two
+    ``(2B, 2B)`` Gram matrices.
+    """
+    if z1.dim() != 2 or z1.shape != z2.shape:
+        raise ValueError(f"face_contrastive_loss: z1 and z2 must both be (B, D), got {tuple(z1.shape)} "
+                         f"and {tuple(z2.shape)}")
+    if z1.shape[0] < 2:
+        raise ValueError(f"face_contrastive_loss: needs a batch of at least 2 images, got {z1.shape[0]}")
+    if not temperature > 0:
+        raise ValueError(f"face_contrastive_loss: temperature must be > 0, got {temperature!r}")
+    _check_generator(generator, z1.device)
+    with no_autocast(z1.device):
+        z = torch.cat([z1, z2], dim=0).float()  # (2B, D), un-normalised
+        n, b = z.shape[0], z1.shape[0]
+        qn = F.normalize(z, dim=1)  # (2B, D)
+        rows = torch.arange(n, device=z.device)
+        pos = (qn * qn[torch.remainder(rows + b, n)]).sum(1, keepdim=True)  # (2B, 1)
+        idx = _other_rows(n, z.device)  # (2B, 2B - 2)
+        qz = qn @ z.T  # (2B, 2B): q_i . z_j
+        if mixup_enabled(neg_alpha):
+            lam, perm = draw_mixup(n, n - 2, neg_alpha, generator, z.device)  # (2B, 2B-2), (2B-2,)
+            idx_b = idx[:, perm]  # (2B, 2B - 2): the partner negative of each slot
+            zz = z @ z.T  # (2B, 2B)
+            sq = zz.diagonal()  # (2B,)
+            num = lam * qz.gather(1, idx) + (1 - lam) * qz.gather(1, idx_b)
+            norm2 = lam.square() * sq[idx] + (1 - lam).square() * sq[idx_b] \
+                + 2 * lam * (1 - lam) * zz[idx, idx_b]
+        else:
+            num = qz.gather(1, idx)
+            norm2 = z.square().sum(1)[idx]
+        # F.normalize's eps=1e-12 on the norm, so the two implementations agree on degenerate inputs.
+        negs = num / norm2.clamp_min(1e-24).sqrt()  # (2B, 2B - 2)
+        logits = torch.cat([pos, negs], dim=1) / temperature
+        target = torch.zeros(n, dtype=torch.long, device=z.device)
+        return F.cross_entropy(logits, target)
+
+
+def pose_contrastive_loss(z_pos: Tensor, z_neg: Tensor, temperature: float, neg_alpha: float | None,
+                          generator: torch.Generator | None = None) -> Tensor:
+    """Pose-related InfoNCE (method doc 2.6).
+
+    ``z_pos (B, 2, D)``: the two un-flipped views of each image; ``z_neg (B, K, D)``: that image's K
+    negatives (which images they come from is the caller's choice: the authors' chunking quirk of
+    2.6 is a re-indexing of ``z_neg`` before this call). Anchors are both views (2B, ordered view 1
+    of every image, then view 2); each anchor's set of K negatives is mixed with its own lambdas, the
+    permutation being shared by all anchors.
+    """
+    if z_pos.dim() != 3 or z_pos.shape[1] != 2 or z_neg.dim() != 3 or z_neg.shape[0] != z_pos.shape[0] \
+            or z_neg.shape[2] != z_pos.shape[2]:
+        raise ValueError(f"pose_contrastive_loss: expected z_pos (B, 2, D) and z_neg (B, K, D), got "
+                         f"{tuple(z_pos.shape)} and {tuple(z_neg.shape)}")
+    _check_generator(generator, z_pos.device)
+    q = torch.cat([z_pos[:, 0], z_pos[:, 1]], dim=0)  # (2B, D)
+    k = torch.cat([z_pos[:, 1], z_pos[:, 0]], dim=0)  # (2B, D)
+    neg = torch.cat([z_neg, z_neg], dim=0).float()  # (2B, K, D): shared by the two views of an image
+    with no_autocast(neg.device):
+        neg = mix_negatives(neg, neg_alpha, generator)
+    return info_nce_with_negatives(q, k, neg, temperature)
+
+
+def _check_hparams(owner: str, temperature: float, neg_alpha: float | None) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"{owner}: temperature must be a number > 0, got {temperature!r}")
+    if neg_alpha is not None and (isinstance(neg_alpha, bool) or not isinstance(neg_alpha, (int, float))):
+        raise ValueError(f"{owner}: neg_alpha must be a number (<= 0 or None disables mixup), got {neg_alpha!r}")
+
+
+class FaceContrastiveLoss(nn.Module):
+    """Face-aware contrastive loss L_face (method doc 2.5); see :func:`face_contrastive_loss`.
+
+    Paper: temperature 0.07, neg_alpha 1.6. ``neg_alpha`` None or <= 0 disables the mixup.
+    """
+
+    def __init__(self, temperature: float, neg_alpha: float | None):
+        super().__init__()
+        _check_hparams("FaceContrastiveLoss", temperature, neg_alpha)
+        self.temperature = float(temperature)
+        self.neg_alpha = None if neg_alpha is None else float(neg_alpha)
+
+    def forward(self, z1: Tensor, z2: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return face_contrastive_loss(z1, z2, self.temperature, self.neg_alpha, generator)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, neg_alpha={self.neg_alpha}"
+
+
+class PoseContrastiveLoss(nn.Module):
+    """Pose-related contrastive loss L_pose (method doc 2.6); see :func:`pose_contrastive_loss`."""
+
+    def __init__(self, temperature: float, neg_alpha: float | None):
+        super().__init__()
+        _check_hparams("PoseContrastiveLoss", temperature, neg_alpha)
+        self.temperature = float(temperature)
+        self.neg_alpha = None if neg_alpha is None else float(neg_alpha)
+
+    def forward(self, z_pos: Tensor, z_neg: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return pose_contrastive_loss(z_pos, z_neg, self.temperature, self.neg_alpha, generator)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, neg_alpha={self.neg_alpha}"

@@ -1,0 +1,54 @@
+"""Flip-swap reconstruction of the pose-disentangled decoding (PDD) step (method doc 2.2, 2.4).
+
+With s the image, s^ its horizontal flip, (e_n, p_n) and (e_f, p_f) their face / pose head outputs
+and D the decoder (which L2-normalises its input, see :class:`pclbench.models.heads.Decoder`):
+
+- rec1 = |D(e_f + p_n) - s|_1   (face code of the flip + pose code of s gives s)
+- rec2 = |D(e_n + p_f) - s^|_1
+- rec3 = |D(e_n + p_n) - s|_1
+- rec4 = |D(e_f + p_f) - s^|_1
+
+Each term is a mean absolute error. The targets are the CLEAN images in [0, 1] while the decoder
+ends with Tanh in [-1, 1]: this is faithful to the authors, who compare them directly (the decoder
+simply never uses its negative range). The decoder is called four times, in the order above, as in
+the authors' code, so its BatchNorm statistics are per call of B codes.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def flip_swap_reconstruction(decoder: nn.Module, e_n: Tensor, p_n: Tensor, e_f: Tensor, p_f: Tensor,
+                             x: Tensor, x_flip: Tensor) -> dict[str, Tensor]:
+    """Return ``{"rec1", "rec2", "rec3", "rec4", "total"}``, ``total`` = the unweighted sum.
+
+    ``e_*, p_* (B, D)`` (or head maps, flattened here); ``x, x_flip (B, 3, 64, 64)`` clean, in [0, 1]
+    and of the decoder's output size (resize them first when pretraining at another size).
+    """
+    codes = {"e_n": e_n, "p_n": p_n, "e_f": e_f, "p_f": p_f}
+    shapes = {k: tuple(v.flatten(1).shape) for k, v in codes.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"flip_swap_reconstruction: the four codes must have one shape, got {shapes}")
+    if x.shape != x_flip.shape or x.dim() != 4 or x.shape[0] != e_n.shape[0]:
+        raise ValueError(f"flip_swap_reconstruction: x and x_flip must be (B, 3, H, W) with B = "
+                         f"{e_n.shape[0]}, got {tuple(x.shape)} and {tuple(x_flip.shape)}")
+    e_n, p_n, e_f, p_f = (v.flatten(1) for v in (e_n, p_n, e_f, p_f))
+    out: dict[str, Tensor] = {}
+    for name, code, target in (("rec1", e_f + p_n, x), ("rec2", e_n + p_f, x_flip),
+                               ("rec3", e_n + p_n, x), ("rec4", e_f + p_f, x_flip)):
+        recon = decoder(code)  # (B, 3, 64, 64) in [-1, 1]
+        if recon.shape != target.shape:
+            raise ValueError(f"flip_swap_reconstruction: decoder output {tuple(recon.shape)} does not match "
+                             f"the target images {tuple(target.shape)}; resize the targets to the decoder size")
+        out[name] = F.l1_loss(recon.float(), target.float())
+    out["total"] = out["rec1"] + out["rec2"] + out["rec3"] + out["rec4"]
+    return out
+
+
+class FlipSwapReconstructionLoss(nn.Module):
+    """Module form of :func:`flip_swap_reconstruction` that holds no parameters (the decoder is passed in)."""
+
+    def forward(self, decoder: nn.Module, e_n: Tensor, p_n: Tensor, e_f: Tensor, p_f: Tensor, x: Tensor,
+                x_flip: Tensor) -> dict[str, Tensor]:
+        return flip_swap_reconstruction(decoder, e_n, p_n, e_f, p_f, x, x_flip)

@@ -1,0 +1,19 @@
+"""Pretraining methods: registry ``METHODS`` (name -> builder) and the :class:`Method` interface.
+
+A builder is ``builder(config, model_cfg, img_size) -> Method``: ``config`` is the mapping of config
+sections (the method reads its own, e.g. ``pcl`` and ``views``), ``model_cfg`` the parsed ``model``
+section (:class:`pclbench.models.ModelConfig`), ``img_size`` = ``pretrain.img_size``.
+Adding a method = one module with one ``@METHODS.register(name)`` builder, imported below.
+"""
+from __future__ import annotations
+
+from ..registry import Registry
+from .base import Method
+
+METHODS: Registry = Registry("method")
+
+from . import pcl, random_init  # noqa: E402  (registers the builders)
+from .pcl import PCL, PCLConfig, pose_negative_sets  # noqa: E402
+from .random_init import RandomInit  # noqa: E402
+
+__all__ = ["METHODS", "Method", "PCL", "PCLConfig", "RandomInit", "pose_negative_sets"]

@@ -1,0 +1,65 @@
+"""The interface between a pretraining method and the trainer (:mod:`pclbench.train`).
+
+The trainer owns data, devices, the optimiser, the schedule, logging and checkpoints; a method owns
+its networks, its losses and its optimiser steps. PCL makes three optimiser steps per iteration
+(method doc 2.7), so ``train_iteration`` receives the optimiser rather than returning a loss.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+
+class Method(nn.Module):
+    """A pretraining method.
+
+    Attributes:
+        encoder: the network whose features are evaluated (``forward_features``, ``spec``).
+        trainable: False for methods that are evaluated at initialisation (no optimiser, no steps).
+        img_size: the input size (pixels) the method trains at. Batches arrive at the shard's
+            resolution; the method resizes them (PCL crops its face views BEFORE resizing, 3.2).
+        amp_dtype: set by the trainer: autocast dtype of the forward passes (None = float32).
+    """
+
+    name: str
+    # Config sections whose values define the run (a resume must not change them); plus `pretrain`.
+    config_sections: tuple[str, ...] = ("model",)
+    encoder: nn.Module
+    trainable: bool = True
+    img_size: int
+    amp_dtype: torch.dtype | None = None
+
+    def batch_sizes(self, batch_size: int) -> dict[str, int]:
+        """Images per iteration for each named batch stream, e.g. ``{"pfe": 256, "pose": 10}``.
+
+        The trainer draws each stream from its own shuffled one-frame-per-video index stream.
+        ``batch_size`` is ``pretrain.batch_size``; one epoch is ``floor(n_videos / batch_size)``
+        iterations.
+        """
+        raise NotImplementedError
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups for the optimiser (default: every parameter, one group)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def train_iteration(self, batches: Mapping[str, Tensor], optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler, epoch: int,
+                        generator: torch.Generator) -> dict[str, Tensor]:
+        """One iteration: the method's optimiser step(s) on ``batches`` (float in [0, 1], on device).
+
+        Returns detached scalar tensors to log (losses, loss weights). ``epoch`` is 1-based.
+        ``generator`` lives on the training device and drives every random view / noise draw.
+        """
+        raise NotImplementedError
+
+    def epoch_end(self, epoch: int, epoch_means: Mapping[str, float]) -> None:
+        """Called after each epoch with the epoch means of the logged values (DWA update)."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Non-parameter state to checkpoint (plain containers / tensors only)."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`extra_state`."""

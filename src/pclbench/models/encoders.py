@@ -1,0 +1,181 @@
+"""PCL's encoder: the FaceCycle-style trunk with a face-aware head and a pose-related head.
+
+Method doc section 1.1 (layer table), 1.2 (channel-wise self-attention), 1.3 (residual block),
+1.6 (initialisation) and 1.7 (parameter counts). The paper calls the two head outputs F_f
+(face-aware, code name "exp") and F_p (pose-related, code name "pose").
+
+``width`` scales every stage: conv1/layer1 have ``w`` channels, layer2 and the heads ``2w``, and the
+middle conv of layer3_1 ``4w``. ``width=64`` is the paper's network (64 px input -> 128 x 4 x 4 maps,
+flat 2048; trunk 1,879,424 parameters, each head 295,168).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import Registry
+
+ENCODERS: Registry = Registry("encoder")
+
+_SLOPE = 0.1  # every activation of the encoder is LeakyReLU(0.1) (1.1)
+
+
+def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    # Every conv of the encoder has a bias: there is no normalisation layer to absorb it (1.1).
+    return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=True)
+
+
+def _lrelu() -> nn.LeakyReLU:
+    return nn.LeakyReLU(_SLOPE)
+
+
+class SelfAttention(nn.Module):
+    """Channel-wise self-attention of FaceCycle (method doc 1.2).
+
+    With N = H*W, theta, phi, g = three 1x1 convs C -> C:
+    ``A = phi (B,C,N) @ softmax_N(theta)^T (B,N,C)`` is a C x C affinity; the attention is
+    ``A @ softmax_C(g) (B,C,N)``; the block returns ``LeakyReLU_0.1(x + attention)``. There is no
+    learned gamma, and the affinity is between channels, not the usual N x N non-local one.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.g = nn.Conv2d(channels, channels, kernel_size=1, bias=True)
+        self.theta = nn.Conv2d(channels, channels, kernel_size=1, bias=True)
+        self.phi = nn.Conv2d(channels, channels, kernel_size=1, bias=True)
+        self.act = _lrelu()
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        theta = torch.softmax(self.theta(x).reshape(b, c, h * w), dim=2)  # (B, C, N), over positions
+        phi = self.phi(x).reshape(b, c, h * w)  # (B, C, N)
+        g = torch.softmax(self.g(x).reshape(b, c, h * w), dim=1)  # (B, C, N), over channels
+        affinity = torch.bmm(phi, theta.transpose(1, 2))  # (B, C, C)
+        att = torch.bmm(affinity, g).reshape(b, c, h, w)  # (B, C, H, W)
+        return self.act(x + att)
+
+
+class ResidualBlock(nn.Module):
+    """BasicBlockNormal: conv3x3 -> LReLU -> conv3x3, + identity, LReLU; no BN (method doc 1.3)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = _conv3x3(channels, channels)
+        self.conv2 = _conv3x3(channels, channels)
+        self.act = _lrelu()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(x + self.conv2(self.act(self.conv1(x))))
+
+
+def _head(channels: int) -> nn.Sequential:
+    # layer3_2_exp / layer3_2_pose: two conv3x3 at the trunk's resolution (1.1).
+    return nn.Sequential(_conv3x3(channels, channels), _lrelu(), _conv3x3(channels, channels), _lrelu())
+
+
+def _down_size(size: int, n: int) -> int:
+    """Spatial size after ``n`` stride-2 convs with 'same' padding (7x7 p3 and 3x3 p1 alike)."""
+    for _ in range(n):
+        size = (size - 1) // 2 + 1
+    return size
+
+
+@ENCODERS.register("facecycle")
+class FaceCycleEncoder(nn.Module):
+    """FaceCycleBackbone: shared trunk + face-aware head + pose-related head (method doc 1.1).
+
+    Input ``x (B, 3, S, S)`` float in [0, 1], no mean/std normalisation (section 3). The trunk ends
+    with layer3_1 at S/16 resolution (4 stride-2 stages); the heads keep that resolution.
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"FaceCycleEncoder: width must be a positive integer, got {width!r}")
+        w = width
+        self.width = w
+        self.out_channels = 2 * w
+        self.spec = {"name": "facecycle", "kwargs": {"width": w}}
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(3, w, kernel_size=7, stride=2, padding=3, bias=True), _lrelu(),
+            _conv3x3(w, w), _lrelu(),
+        )
+        self.layer1 = nn.Sequential(_conv3x3(w, w), _lrelu(), SelfAttention(w), _conv3x3(w, w), _lrelu())
+        self.layer2_1 = nn.Sequential(
+            _conv3x3(w, 2 * w, stride=2), _lrelu(), SelfAttention(2 * w), _conv3x3(2 * w, 2 * w), _lrelu(),
+        )
+        self.resblock1 = ResidualBlock(2 * w)
+        self.resblock2 = ResidualBlock(2 * w)
+        self.layer2_2 = nn.Sequential(
+            _conv3x3(2 * w, 2 * w, stride=2), _lrelu(), _conv3x3(2 * w, 2 * w), _lrelu(),
+        )
+        # The authors' comment says 256 output channels; the layer actually outputs 2w = 128 (1.1).
+        self.layer3_1 = nn.Sequential(
+            _conv3x3(2 * w, 4 * w, stride=2), _lrelu(), _conv3x3(4 * w, 2 * w), _lrelu(),
+        )
+        self.face_head = _head(2 * w)  # layer3_2_exp
+        self.pose_head = _head(2 * w)  # layer3_2_pose
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He fan-out normal init of every conv (attention 1x1 convs included), zero bias (1.6)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):  # none in this encoder; kept to mirror 1.6
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):  # likewise none
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        """Shared trunk (conv1 .. layer3_1): ``(B, 3, S, S) -> (B, 2w, S/16, S/16)``."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"FaceCycleEncoder: expected input (B, 3, H, W), got {tuple(x.shape)}")
+        x = self.conv1(x)  # (B, w, S/2, S/2)
+        x = self.layer1(x)  # (B, w, S/2, S/2)
+        x = self.layer2_1(x)  # (B, 2w, S/4, S/4)
+        x = self.resblock2(self.resblock1(x))  # (B, 2w, S/4, S/4)
+        x = self.layer2_2(x)  # (B, 2w, S/8, S/8)
+        return self.layer3_1(x)  # (B, 2w, S/16, S/16)
+
+    def forward_heads(self, trunk_map: Tensor) -> tuple[Tensor, Tensor]:
+        """Face-aware and pose-related head maps, each ``(B, 2w, S/16, S/16)``."""
+        return self.face_head(trunk_map), self.pose_head(trunk_map)
+
+    def forward_face(self, trunk_map: Tensor) -> Tensor:
+        """Face-aware head only (the face contrastive step does not need the pose head)."""
+        return self.face_head(trunk_map)
+
+    def forward_pose(self, trunk_map: Tensor) -> Tensor:
+        """Pose-related head only (the pose contrastive step does not need the face head)."""
+        return self.pose_head(trunk_map)
+
+    def forward_maps(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x (B, 3, S, S)`` in [0, 1] -> (trunk map, face map, pose map), all ``(B, 2w, S/16, S/16)``."""
+        t = self.forward_trunk(x)
+        f, p = self.forward_heads(t)
+        return t, f, p
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Like the authors' encoder: (trunk, face, pose), each flattened to ``(B, 2w * (S/16)^2)``."""
+        t, f, p = self.forward_maps(x)
+        return t.flatten(1), f.flatten(1), p.flatten(1)
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        """Flattened features for extraction: ``{"trunk": (B, Dt), "face": (B, D), "pose": (B, D)}``."""
+        t, f, p = self.forward(x)
+        return {"trunk": t, "face": f, "pose": p}
+
+    def feature_dims(self, img_size: int) -> dict[str, int]:
+        """Flattened feature sizes for square ``img_size`` inputs (64 -> 2048 at width 64; 1.1)."""
+        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+            raise ValueError(f"FaceCycleEncoder.feature_dims: img_size must be a positive int, got {img_size!r}")
+        s = _down_size(img_size, 4)
+        d = self.out_channels * s * s
+        return {"trunk": d, "face": d, "pose": d}

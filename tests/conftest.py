@@ -1,0 +1,24 @@
+"""Shared fixtures. Tests import the package from src/ even when it is not installed."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def default_config() -> dict:
+    """config/config.yaml, merged and schema-validated exactly as the CLI does."""
+    from pclbench.cli import load_config
+
+    return load_config([ROOT / "config" / "config.yaml"])

@@ -1,0 +1,245 @@
+"""PCL method (methods/pcl.py): the three-step iteration, gradient flow, optimiser modes, pose
+negative sets and DWA (method doc 2.5-2.8)."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from pclbench.config import ConfigError
+from pclbench.methods import METHODS, PCLConfig, pose_negative_sets
+from pclbench.models import ModelConfig
+
+torch.set_num_threads(2)
+
+MODEL = {"encoder": "facecycle", "width": 4, "projection": {"hidden_dim": 16, "out_dim": 8},
+         "decoder": {"fc_dim": 8, "channels": [4, 4, 4, 4, 4]}}
+VIEWS = {"crop_ratio": 0.4, "jitter_p": 0.8, "brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2,
+         "grayscale_p": 0.2, "blur_p": 0.8, "blur_kernel_fraction": 0.1, "blur_sigma": [0.1, 2.0], "sobel_p": 0.6,
+         "sobel_overflow": "fixed"}
+# All augmentations off: every pose view is then exactly the image (or its flip).
+IDENTITY_VIEWS = {**VIEWS, "jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0, "sobel_p": 0.0}
+PCL = {"noise_std": 0.4, "recon_weight": 1.0, "temperature": 0.07, "neg_alpha": 1.6, "pose_batch": 2,
+       "n_negatives": 3, "pose_negatives": "fixed", "optimizer": "fixed",
+       "dwa": {"enabled": True, "temperature": 2.0, "start": 2}}
+
+
+def build(pcl=None, views=None, seed=0):
+    torch.manual_seed(seed)
+    cfg = {"pcl": {**PCL, **(pcl or {})}, "views": views or VIEWS}
+    return METHODS.get("pcl")(cfg, ModelConfig.from_config(MODEL), 64)
+
+
+def batches(seed=0, b=4, p=2):
+    g = torch.Generator().manual_seed(seed)
+    return {"pfe": torch.rand(b, 3, 64, 64, generator=g), "face": torch.rand(b, 3, 64, 64, generator=g),
+            "pose": torch.rand(p, 3, 64, 64, generator=g)}
+
+
+def module_of(name: str) -> str:
+    """Parameter name -> the module row of the gradient-flow table (2.7)."""
+    if name.startswith("encoder.face_head."):
+        return "face_head"
+    if name.startswith("encoder.pose_head."):
+        return "pose_head"
+    if name.startswith("encoder."):
+        return "trunk"
+    return name.split(".")[0]
+
+
+class RecordingAdam(torch.optim.Adam):
+    """Adam that records, at every step, which parameters hold a gradient (and its size) and,
+    after the step, which parameters moved."""
+
+    def __init__(self, named_params, **kw):
+        self.names = {id(p): n for n, p in named_params}
+        super().__init__([p for _, p in named_params], **kw)
+        self.records = []
+
+    def step(self, closure=None):
+        params = [p for g in self.param_groups for p in g["params"]]
+        grads = {self.names[id(p)]: float(p.grad.abs().sum()) for p in params if p.grad is not None}
+        before = {self.names[id(p)]: p.detach().clone() for p in params}
+        out = super().step(closure)
+        moved = {self.names[id(p)] for p in params if not torch.equal(before[self.names[id(p)]], p.detach())}
+        self.records.append({"grads": grads, "moved": moved})
+        return out
+
+
+def run_iterations(method, n=1, epoch=1, lr=1e-3, wd=1e-3):
+    opt = RecordingAdam(list(method.named_parameters()), lr=lr, weight_decay=wd)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    gen = torch.Generator().manual_seed(1)
+    outs = [method.train_iteration(batches(seed=i), opt, scaler, epoch, gen) for i in range(n)]
+    return opt, outs
+
+
+def modules_with(names) -> set:
+    return {module_of(n) for n in names}
+
+
+ALL_MODULES = {"trunk", "face_head", "pose_head", "exp_fc", "pose_fc", "decoder"}
+# Method doc 2.7: trunk <- all steps; face head <- pfe + exp; pose head <- pfe + pose; decoder <- pfe;
+# exp_fc <- exp; pose_fc <- pose.
+FLOW = [{"trunk", "face_head", "pose_head", "decoder"},  # pfe
+        {"trunk", "face_head", "exp_fc"},  # face ("exp")
+        {"trunk", "pose_head", "pose_fc"}]  # pose
+
+
+def test_one_iteration_returns_all_losses():
+    method = build()
+    _, (out,) = run_iterations(method)
+    assert set(out) == {"loss_pfe", "loss_orth", "loss_rec1", "loss_rec2", "loss_rec3", "loss_rec4",
+                        "loss_face", "loss_pose", "w_face", "w_pose"}
+    vals = {k: float(v) for k, v in out.items()}
+    assert all(math.isfinite(v) for v in vals.values())
+    # L_pfe = L_orth + w_rec * sum of the four reconstruction terms (2.4)
+    rec = sum(vals[f"loss_rec{i}"] for i in range(1, 5))
+    assert vals["loss_pfe"] == pytest.approx(vals["loss_orth"] + rec, rel=1e-5)
+    assert vals["w_face"] == vals["w_pose"] == 1.0  # DWA weights are 1 in the first epochs
+
+
+def test_recon_weight_scales_reconstruction_terms():
+    a, b = build(), build(pcl={"recon_weight": 0.25})
+    (_, (oa,)), (_, (ob,)) = run_iterations(a), run_iterations(b)
+    rec = sum(float(ob[f"loss_rec{i}"]) for i in range(1, 5))
+    assert float(ob["loss_pfe"]) == pytest.approx(float(ob["loss_orth"]) + 0.25 * rec, rel=1e-5)
+    # same seed, same first step inputs: the unweighted terms agree
+    assert float(oa["loss_rec1"]) == pytest.approx(float(ob["loss_rec1"]), rel=1e-6)
+
+
+def test_three_steps_in_order_with_the_gradient_flow_table():
+    method = build()
+    opt, _ = run_iterations(method)
+    assert len(opt.records) == 3
+    for step, expected in zip(opt.records, FLOW):
+        # fixed mode frees the gradients before each step: a parameter has one iff the step reached it
+        assert modules_with(step["grads"]) == expected
+        # every parameter of a reached module got a gradient, and the module's gradient is not zero
+        for mod in expected:
+            names = [n for n, _ in method.named_parameters() if module_of(n) == mod]
+            assert all(n in step["grads"] for n in names), mod
+            assert sum(step["grads"][n] for n in names) > 0, mod
+        assert modules_with(step["moved"]) == expected
+
+
+def test_optimizer_modes_fixed_leaves_unused_modules_faithful_moves_them():
+    fixed, faithful = build(pcl={"optimizer": "fixed"}), build(pcl={"optimizer": "faithful"})
+    fx, _ = run_iterations(fixed, n=2)
+    ff, _ = run_iterations(faithful, n=2)
+    # fixed: in both iterations each step moves exactly the modules of the gradient-flow table
+    for step, expected in zip(fx.records, FLOW * 2):
+        assert modules_with(step["moved"]) == expected
+    # faithful (zero_grad(set_to_none=False) + coupled weight decay, 2.7): once a parameter has had a
+    # gradient, every later step moves it. Iteration 1: pfe moves the table's modules; face also
+    # moves the decoder and pose head (grads zeroed, not freed) but not pose_fc (never had a grad);
+    # pose moves everything. From iteration 2 on, every step moves every module.
+    moved = [modules_with(s["moved"]) for s in ff.records]
+    assert moved[0] == FLOW[0]
+    assert moved[1] == ALL_MODULES - {"pose_fc"}
+    assert "decoder" in moved[1] and "decoder" not in modules_with(fx.records[1]["moved"])
+    assert moved[2] == ALL_MODULES
+    assert moved[3] == moved[4] == moved[5] == ALL_MODULES
+    # the zeroed gradients are there (zero) in faithful mode, absent in fixed mode
+    assert ff.records[4]["grads"]["decoder.fc.weight"] == 0.0
+    assert "decoder.fc.weight" not in fx.records[4]["grads"]
+
+
+def test_pose_negative_sets_against_a_hand_written_collate_and_chunk():
+    p, k = 3, 4
+    labels = torch.tensor([[[s, j] for j in range(k)] for s in range(p)])  # (P, K, 2): (sample, view)
+    assert torch.equal(pose_negative_sets(labels, "fixed"), labels)
+    # Authors: the collated negatives are a list of K tensors of shape (P, ...); torch.cat gives row
+    # k*P + s; the loss splits the rows into P chunks of K.
+    collated = [torch.stack([labels[s, j] for s in range(p)]) for j in range(k)]
+    rows = torch.cat(collated, dim=0)  # (K P, 2)
+    chunks = torch.stack(list(torch.split(rows, k)))  # (P, K, 2)
+    assert torch.equal(pose_negative_sets(labels, "faithful"), chunks)
+    # known answer of the method doc (P = 10, K = 100): chunk j = views 10j..10j+9 of every image
+    lab = torch.stack(torch.meshgrid(torch.arange(10), torch.arange(100), indexing="ij"), dim=-1)  # (10, 100, 2)
+    out = pose_negative_sets(lab, "faithful")
+    for j in range(10):
+        assert set(map(tuple, out[j].tolist())) == {(s, v) for s in range(10) for v in range(10 * j, 10 * j + 10)}
+    with pytest.raises(ValueError, match="mode"):
+        pose_negative_sets(lab, "wrong")
+
+
+@pytest.mark.parametrize("mode", ["fixed", "faithful"])
+def test_pose_step_feeds_the_loss_the_configured_negative_sets(mode):
+    """End to end through the method: with all augmentations off, the negatives of image s are
+    exactly flip(s); check which image each negative slot of the loss comes from."""
+    p, k = 2, 4
+    method = build(pcl={"pose_negatives": mode, "n_negatives": k, "pose_batch": p}, views=IDENTITY_VIEWS)
+    seen = {}
+    method.encoder.conv1.register_forward_pre_hook(lambda m, a: seen.__setitem__("images", a[0].detach()))
+    method.pose_fc.register_forward_hook(lambda m, a, o: seen.__setitem__("z", o.detach()))
+    loss_forward = method.pose_loss.forward
+
+    def spy(z_pos, z_neg, generator=None):
+        seen["z_pos"], seen["z_neg"] = z_pos.detach(), z_neg.detach()
+        return loss_forward(z_pos, z_neg, generator)
+
+    method.pose_loss.forward = spy
+    x = torch.rand(p, 3, 64, 64)
+    opt = torch.optim.Adam(method.parameters(), lr=1e-3)
+    method.pose_step(x, 1.0, opt, torch.amp.GradScaler("cpu", enabled=False), torch.Generator().manual_seed(0))
+    imgs = seen["images"]  # (P (2 + K), 3, 64, 64)
+    for s in range(p):
+        assert torch.equal(imgs[2 * s], x[s]) and torch.equal(imgs[2 * s + 1], x[s])
+        for j in range(k):
+            assert torch.equal(imgs[2 * p + s * k + j], x[s].flip(-1))
+    z = seen["z"]
+    assert torch.equal(seen["z_pos"], z[: 2 * p].reshape(p, 2, -1))
+    feat_of_flip = [z[2 * p + s * k] for s in range(p)]  # all K views of image s are identical
+    for anchor in range(p):
+        for slot in range(k):
+            src = anchor if mode == "fixed" else (anchor * k + slot) % p  # row k*P + s, chunk of K
+            assert torch.allclose(seen["z_neg"][anchor, slot], feat_of_flip[src])
+
+
+def test_dwa_weights_follow_the_epoch_means():
+    method = build()
+    means = {1: (4.0, 5.0), 2: (3.0, 4.5), 3: (2.0, 4.4)}
+    for e in (1, 2):
+        assert method.loss_weights(e) == {"face": 1.0, "pose": 1.0}
+        method.epoch_end(e, {"loss_face": means[e][0], "loss_pose": means[e][1], "loss_pfe": 9.0})
+    # closed form (2.8): r_k = L_k(t-1) / L_k(t-2), w_k = 2 exp(r_k / T) / sum_j exp(r_j / T), T = 2
+    rf, rp = 3.0 / 4.0, 4.5 / 5.0
+    wf = 2 * math.exp(rf / 2) / (math.exp(rf / 2) + math.exp(rp / 2))
+    w = method.loss_weights(3)
+    assert w["face"] == pytest.approx(wf) and w["pose"] == pytest.approx(2 - wf)
+    # the weights are applied to the face / pose steps of train_iteration
+    got = {}
+    method.face_step = lambda x, weight, *a: got.__setitem__("face", weight) or {"loss_face": torch.tensor(1.0)}
+    method.pose_step = lambda x, weight, *a: got.__setitem__("pose", weight) or {"loss_pose": torch.tensor(1.0)}
+    method.pfe_step = lambda *a: {}
+    out = method.train_iteration(batches(), None, None, 3, None)
+    assert got == pytest.approx(w) and float(out["w_face"]) == pytest.approx(wf)
+    # the DWA history is the method's extra state
+    other = build()
+    other.load_extra_state(copy.deepcopy(method.extra_state()))
+    assert other.loss_weights(3) == w
+    method.epoch_end(3, {"loss_face": means[3][0], "loss_pose": means[3][1]})
+    assert other.loss_weights(3) == method.loss_weights(3)
+
+
+def test_dwa_disabled_keeps_unit_weights():
+    method = build(pcl={"dwa": {"enabled": False, "temperature": 2.0, "start": 2}})
+    for e in (1, 2, 3):
+        method.epoch_end(e, {"loss_face": 5.0 - e, "loss_pose": 1.0 + e})
+    assert method.loss_weights(5) == {"face": 1.0, "pose": 1.0}
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="pcl.bogus"):
+        PCLConfig.from_config({**PCL, "bogus": 1})
+    with pytest.raises(ConfigError, match="pcl.pose_negatives"):
+        PCLConfig.from_config({**PCL, "pose_negatives": "sometimes"})
+    with pytest.raises(ConfigError, match="pcl.dwa.temperature"):
+        PCLConfig.from_config({**PCL, "dwa": {"enabled": True, "start": 2}})
+    with pytest.raises(ConfigError, match="pcl.n_negatives"):
+        PCLConfig.from_config({**PCL, "n_negatives": 0})
+    with pytest.raises(ConfigError, match="img_size"):
+        METHODS.get("pcl")({"pcl": PCL, "views": VIEWS}, ModelConfig.from_config(MODEL), 100)

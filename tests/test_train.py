@@ -1,0 +1,194 @@
+"""Pretraining loop (train.py): sampling, outputs, the random baseline, resume, config errors."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pclbench.checkpoint import load_checkpoint, load_encoder
+from pclbench.config import ConfigError
+from pclbench.methods import METHODS, PCL
+from pclbench.models import ModelConfig
+from pclbench.train import VideoShard, train
+
+torch.set_num_threads(2)
+
+MODEL = {"encoder": "facecycle", "width": 4, "projection": {"hidden_dim": 16, "out_dim": 8},
+         "decoder": {"fc_dim": 8, "channels": [4, 4, 4, 4, 4]}}
+VIEWS = {"crop_ratio": 0.4, "jitter_p": 0.8, "brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2,
+         "grayscale_p": 0.2, "blur_p": 0.8, "blur_kernel_fraction": 0.1, "blur_sigma": [0.1, 2.0], "sobel_p": 0.6,
+         "sobel_overflow": "fixed"}
+PCL_CFG = {"noise_std": 0.4, "recon_weight": 1.0, "temperature": 0.07, "neg_alpha": 1.6, "pose_batch": 2,
+           "n_negatives": 3, "pose_negatives": "fixed", "optimizer": "fixed",
+           "dwa": {"enabled": True, "temperature": 2.0, "start": 2}}
+PRETRAIN = {"epochs": 2, "batch_size": 3, "img_size": 64, "lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 1e-3,
+            "schedule": "cosine", "min_lr": 0.0, "seed": 7, "device": "cpu", "amp": False, "num_threads": 2,
+            "log_every": 1, "checkpoint_every": 1}
+
+
+def config(**pretrain):
+    return {"model": copy.deepcopy(MODEL), "views": copy.deepcopy(VIEWS), "pcl": copy.deepcopy(PCL_CFG),
+            "pretrain": {**PRETRAIN, **pretrain}}
+
+
+def write_shard(d, n_subjects=3, n_clips=2, n_frames=3, size=64, seed=0):
+    """A fake aligned shard: random uint8 images, manifest in a shuffled order (row != video order)."""
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    keys = [(s, c, f) for s in range(n_subjects) for c in range(n_clips) for f in range(n_frames)]
+    keys = [keys[i] for i in rng.permutation(len(keys))]
+    np.save(d / "images.npy", rng.integers(0, 256, (len(keys), 3, size, size), dtype=np.uint8))
+    pd.DataFrame([{"path": f"x{i}.png", "subject": f"id{s}", "clip": c, "frame": f, "row": i}
+                  for i, (s, c, f) in enumerate(keys)]).to_csv(d / "manifest.csv", index=False)
+    return d
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory):
+    return write_shard(tmp_path_factory.mktemp("shard"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, shard):
+    out = tmp_path_factory.mktemp("run") / "pcl"
+    return out, train("pcl", shard, out, config())
+
+
+def test_one_random_frame_per_video_per_draw(shard):
+    vs = VideoShard(shard)
+    man = pd.read_csv(shard / "manifest.csv").set_index("row")
+    assert (vs.n_images, vs.n_videos, vs.size) == (18, 6, 64)
+    g = torch.Generator().manual_seed(0)
+    seen_frames = set()
+    for _ in range(20):
+        rows = vs.draw(g).tolist()
+        videos = [(man.loc[r, "subject"], man.loc[r, "clip"]) for r in rows]
+        assert sorted(videos) == sorted({(f"id{s}", c) for s in range(3) for c in range(2)})
+        seen_frames |= {int(man.loc[r, "frame"]) for r in rows}
+    assert seen_frames == {0, 1, 2}  # every frame index gets drawn
+    b = vs.epoch_batches(4, 4, g)  # 16 rows > 6 videos: consecutive draws
+    assert b.shape == (4, 4)
+    videos = [(man.loc[r, "subject"], man.loc[r, "clip"]) for r in b.flatten().tolist()[:6]]
+    assert len(set(videos)) == 6
+    x = vs.gather(np.array([5, 2, 5]))
+    imgs = np.load(shard / "images.npy")
+    assert torch.equal(x, torch.from_numpy(imgs[[5, 2, 5]]))
+
+
+def test_pcl_run_writes_checkpoint_metrics_and_run_json(finished_run):
+    out, summary = finished_run
+    assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "metrics.jsonl", "run.json"}
+    lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    # 6 videos // batch 3 = 2 iterations per epoch, 2 epochs
+    assert [(r["epoch"], r["iteration"]) for r in lines] == [(1, 1), (1, 2), (2, 3), (2, 4)]
+    for r in lines:
+        assert {"loss_pfe", "loss_orth", "loss_rec1", "loss_rec4", "loss_face", "loss_pose", "w_face", "w_pose",
+                "lr", "seconds"} <= set(r)
+    assert lines[0]["lr"] == pytest.approx(1e-3) and lines[2]["lr"] == pytest.approx(0.5e-3)  # cosine, T_max 2
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["finished"] and ck["epoch"] == 2 and ck["iteration"] == 4 and ck["method"] == "pcl"
+    assert ck["config"]["pcl"]["pose_negatives"] == "fixed"
+    assert [e for e, _ in ck["extra"]["dwa"]["history"]] == [1, 2]
+    run = json.loads((out / "run.json").read_text())
+    assert run["stage"] == "pretrain" and run["method"] == "pcl" and run["n_images"] == 18
+    assert run["seeds"]["init"] == 7 and run["config"]["pretrain"]["epochs"] == 2
+    assert summary["iterations"] == 4
+
+
+def test_checkpoint_encoder_round_trip(finished_run, shard):
+    out, _ = finished_run
+    ck = load_checkpoint(out / "checkpoint.pt")
+    torch.manual_seed(0)
+    method = METHODS.get("pcl")(config(), ModelConfig.from_config(MODEL), 64)
+    method.load_state_dict(ck["model"])
+    method.eval()
+    enc = load_encoder(out / "checkpoint.pt")
+    x = torch.from_numpy(np.load(shard / "images.npy")[:4]).float() / 255
+    with torch.no_grad():
+        want, got = method.encoder.forward_features(x), enc.forward_features(x)
+    for k in ("trunk", "face", "pose"):
+        assert torch.equal(want[k], got[k])
+
+
+def test_finished_run_is_not_repeated_and_a_changed_config_is_refused(finished_run, shard):
+    out, _ = finished_run
+    before = (out / "checkpoint.pt").read_bytes()
+    again = train("pcl", shard, out, config(log_every=5, num_threads=1))  # runtime keys may differ
+    assert again["already_finished"] and (out / "checkpoint.pt").read_bytes() == before
+    with pytest.raises(ValueError, match=r"pretrain.lr: 0.001 -> 0.002"):
+        train("pcl", shard, out, config(lr=2e-3))
+    cfg = config()
+    cfg["pcl"]["pose_negatives"] = "faithful"
+    with pytest.raises(ValueError, match=r"pcl.pose_negatives: 'fixed' -> 'faithful'"):
+        train("pcl", shard, out, cfg)
+
+
+def test_random_method_writes_the_initial_encoder_without_training(tmp_path, shard):
+    out = tmp_path / "random"
+    summary = train("random", shard, out, config())
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck["finished"] and ck["epoch"] == 0 and ck["optimizer"] is None and summary["iterations"] == 0
+    assert (out / "metrics.jsonl").read_text() == ""
+    # it is exactly PCL's starting encoder (same seed, encoder built first)
+    torch.manual_seed(PRETRAIN["seed"])
+    pcl = METHODS.get("pcl")(config(), ModelConfig.from_config(MODEL), 64)
+    for k, v in pcl.encoder.state_dict().items():
+        assert torch.equal(ck["encoder_state"][k], v)
+
+
+def test_resume_after_a_crash_continues_from_the_last_checkpoint(tmp_path, shard, finished_run, monkeypatch):
+    """Crash in epoch 2 after the epoch-1 checkpoint; the rerun resumes and ends where an
+    uninterrupted run ends (same data draws, views, DWA history and optimiser state)."""
+    out = tmp_path / "pcl"
+    original = PCL.train_iteration
+
+    def crash(self, batches, optimizer, scaler, epoch, generator):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, batches, optimizer, scaler, epoch, generator)
+
+    monkeypatch.setattr(PCL, "train_iteration", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train("pcl", shard, out, config())
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert not ck["finished"] and ck["epoch"] == 1
+    assert not (out / "metrics.jsonl").exists()
+    monkeypatch.setattr(PCL, "train_iteration", original)
+    summary = train("pcl", shard, out, config())
+    assert summary["resumed"] and summary["resumed_from_epoch"] == 1
+    lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    ref_lines = [json.loads(s) for s in (finished_run[0] / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in lines] == [1, 2, 3, 4]
+    for a, b in zip(lines, ref_lines):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    ref = load_checkpoint(finished_run[0] / "checkpoint.pt")
+    got = load_checkpoint(out / "checkpoint.pt")
+    for k, v in ref["model"].items():
+        assert torch.equal(got["model"][k], v), k
+
+
+def test_config_and_shard_errors(tmp_path, shard):
+    cfg = config()
+    cfg["pretrain"]["learning_rate"] = 1.0
+    with pytest.raises(ConfigError, match="pretrain.learning_rate"):
+        train("pcl", shard, tmp_path / "a", cfg)
+    cfg = config()
+    cfg["pcl"]["noise"] = 0.4
+    with pytest.raises(ConfigError, match="pcl.noise"):
+        train("pcl", shard, tmp_path / "a", cfg)
+    cfg = config()
+    del cfg["views"]
+    with pytest.raises(ConfigError, match="views"):
+        train("pcl", shard, tmp_path / "a", cfg)
+    with pytest.raises(KeyError, match="unknown method 'simclr'"):
+        train("simclr", shard, tmp_path / "a", config())
+    with pytest.raises(ValueError, match="6 videos .* fewer than pretrain.batch_size = 8"):
+        train("pcl", shard, tmp_path / "a", config(batch_size=8))
+    bad = write_shard(tmp_path / "bad")
+    pd.read_csv(bad / "manifest.csv").drop(columns=["clip"]).to_csv(bad / "manifest.csv", index=False)
+    with pytest.raises(ValueError, match="manifest.csv: missing column.*clip"):
+        train("pcl", bad, tmp_path / "b", config())
