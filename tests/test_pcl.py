@@ -12,18 +12,12 @@ from pclbench.config import ConfigError
 from pclbench.methods import METHODS, PCLConfig, pose_negative_sets
 from pclbench.models import ModelConfig
 
+from tiny_sections import MODEL, PCL, VIEWS
+
 torch.set_num_threads(2)
 
-MODEL = {"encoder": "facecycle", "width": 4, "projection": {"hidden_dim": 16, "out_dim": 8},
-         "decoder": {"fc_dim": 8, "channels": [4, 4, 4, 4, 4]}}
-VIEWS = {"crop_ratio": 0.4, "jitter_p": 0.8, "brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2,
-         "grayscale_p": 0.2, "blur_p": 0.8, "blur_kernel_fraction": 0.1, "blur_sigma": [0.1, 2.0], "sobel_p": 0.6,
-         "sobel_overflow": "fixed"}
 # All augmentations off: every pose view is then exactly the image (or its flip).
 IDENTITY_VIEWS = {**VIEWS, "jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0, "sobel_p": 0.0}
-PCL = {"noise_std": 0.4, "recon_weight": 1.0, "temperature": 0.07, "neg_alpha": 1.6, "pose_batch": 2,
-       "n_negatives": 3, "pose_negatives": "fixed", "optimizer": "fixed",
-       "dwa": {"enabled": True, "temperature": 2.0, "start": 2}}
 
 
 def build(pcl=None, views=None, seed=0):

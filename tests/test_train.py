@@ -15,16 +15,11 @@ from pclbench.methods import METHODS, PCL
 from pclbench.models import ModelConfig
 from pclbench.train import VideoShard, train
 
+from tiny_sections import MODEL, VIEWS
+from tiny_sections import PCL as PCL_CFG
+
 torch.set_num_threads(2)
 
-MODEL = {"encoder": "facecycle", "width": 4, "projection": {"hidden_dim": 16, "out_dim": 8},
-         "decoder": {"fc_dim": 8, "channels": [4, 4, 4, 4, 4]}}
-VIEWS = {"crop_ratio": 0.4, "jitter_p": 0.8, "brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2,
-         "grayscale_p": 0.2, "blur_p": 0.8, "blur_kernel_fraction": 0.1, "blur_sigma": [0.1, 2.0], "sobel_p": 0.6,
-         "sobel_overflow": "fixed"}
-PCL_CFG = {"noise_std": 0.4, "recon_weight": 1.0, "temperature": 0.07, "neg_alpha": 1.6, "pose_batch": 2,
-           "n_negatives": 3, "pose_negatives": "fixed", "optimizer": "fixed",
-           "dwa": {"enabled": True, "temperature": 2.0, "start": 2}}
 PRETRAIN = {"epochs": 2, "batch_size": 3, "img_size": 64, "lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 1e-3,
             "schedule": "cosine", "min_lr": 0.0, "seed": 7, "device": "cpu", "amp": False, "num_threads": 2,
             "log_every": 1, "checkpoint_every": 1}
