@@ -28,19 +28,11 @@ from pclbench.data.landmarks import LANDMARKERS, nme, read_pts, write_pts
 
 
 def _cfg(backend: str, **over) -> AlignConfig:
-    d = dict(
-        backend=backend,
-        points="five",
-        crop_scale=0.8,
-        shift_y=0.0,
-        max_failure_rate=1.0,
-        batch_size=64,
-        device="cpu",
-        groundtruth=dict(index_base=0),
-        dlib=dict(upsample=1),
-        face_alignment=dict(detector="dlib", flip_input=True, compile=False),
-    )
-    d.update(over)
+    """The `align` section of config/config.yaml with this benchmark's backend and overrides."""
+    from pclbench.cli import load_config
+
+    d = {**load_config()["align"], "backend": backend, "max_failure_rate": 1.0, "device": "cpu", **over}
+    d["face_alignment"] = {**d["face_alignment"], "detector": "dlib", "compile": False}
     return from_dict(AlignConfig, d, "align")
 
 
