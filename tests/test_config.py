@@ -18,6 +18,12 @@ SECTIONS = [
     ("views", "pclbench.views", "ViewConfig"),
     ("pretrain", "pclbench.train", "PretrainConfig"),
     ("evaluate", "pclbench.extract", "EvaluateConfig"),
+    ("model", "pclbench.models", "ModelConfig"),
+    ("pcl", "pclbench.methods.pcl", "PCLConfig"),
+    ("augment", "pclbench.augment", "AugmentConfig"),
+    ("simclr", "pclbench.methods.simclr", "SimCLRConfig"),
+    ("moco", "pclbench.methods.moco", "MoCoConfig"),
+    ("byol", "pclbench.methods.byol", "BYOLConfig"),
 ]
 
 

@@ -181,3 +181,95 @@ def test_model_config_validation():
         ModelConfig.from_config(_model_section(width=0))
     with pytest.raises(ConfigError, match="model.projection.hidden"):
         ModelConfig.from_config(_model_section(projection={"hidden": 3, "out_dim": 2}))
+
+
+# --- every registered encoder (FaceCycle and the torchvision ResNets) -----------------------------
+
+# A width each encoder accepts; the first test makes a new registry entry add itself here.
+WIDTHS = {"facecycle": 8, "resnet18": 64, "resnet50": 64}
+# Trunk / head channels: FaceCycle 2w / 2w; torchvision layer3 / layer4 outputs.
+CHANNELS = {"facecycle": (16, 16), "resnet18": (256, 512), "resnet50": (1024, 2048)}
+
+
+@pytest.fixture(scope="module")
+def built():
+    torch.manual_seed(0)
+    return {name: build_encoder(name, width=WIDTHS[name]).eval() for name in ENCODERS}
+
+
+def test_every_registered_encoder_is_covered():
+    assert set(ENCODERS) == set(WIDTHS) == set(CHANNELS)
+
+
+@pytest.mark.parametrize("name", sorted(WIDTHS))
+@pytest.mark.parametrize("size", [64, 37])
+def test_registered_encoder_interface(built, name, size):
+    enc = built[name]
+    ct, ch = CHANNELS[name]
+    s = math.ceil(size / 16)  # four stride-2 'same' stages, each rounding up
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        t, f, p = enc.forward_maps(x)
+        f2, p2 = enc.forward_heads(enc.forward_trunk(x))
+        feats = enc.forward_features(x)
+    assert (tuple(t.shape), tuple(f.shape), tuple(p.shape)) == ((2, ct, s, s), (2, ch, s, s), (2, ch, s, s))
+    assert enc.feature_dims(size) == {"trunk": ct * s * s, "face": ch * s * s, "pose": ch * s * s}
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {k: (2, d) for k, d in enc.feature_dims(size).items()}
+    assert torch.equal(f, f2) and torch.equal(p, p2)
+    assert torch.equal(enc.forward_face(t), f) and torch.equal(enc.forward_pose(t), p)
+    assert torch.equal(feats["trunk"], t.flatten(1)) and torch.equal(feats["face"], f.flatten(1))
+    assert not torch.equal(f, p)  # two heads with their own weights
+
+
+@pytest.mark.parametrize("name", sorted(WIDTHS))
+def test_registered_encoder_spec_rebuild(built, name):
+    enc = built[name]
+    assert enc.spec == {"name": name, "kwargs": {"width": WIDTHS[name]}}
+    torch.manual_seed(123)  # a different init: only the loaded state_dict makes the outputs agree
+    clone = build_encoder(enc.spec["name"], **enc.spec["kwargs"]).eval()
+    clone.load_state_dict(enc.state_dict(), strict=True)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = clone.forward_features(x), enc.forward_features(x)
+    assert all(torch.equal(a[k], b[k]) for k in ("trunk", "face", "pose"))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_resnet_heads_are_stride_one_layer4_copies(built, name):
+    import torchvision.models as tvm
+
+    enc = built[name]
+    layer4 = getattr(tvm, name)(weights=None).layer4
+    for head in (enc.face_head, enc.pose_head):
+        assert n_params(head) == n_params(layer4)
+        assert [tuple(v.shape) for v in head.state_dict().values()] == \
+               [tuple(v.shape) for v in layer4.state_dict().values()]
+        assert all(m.stride == (1, 1) for m in head.modules() if isinstance(m, nn.Conv2d))
+    assert any(m.stride == (2, 2) for m in layer4.modules() if isinstance(m, nn.Conv2d))
+    assert not torch.equal(enc.face_head[0].conv1.weight, enc.pose_head[0].conv1.weight)  # own init
+    assert not hasattr(enc, "fc") and not hasattr(enc, "avgpool")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_resnet_trunk_matches_torchvision(built, name):
+    # Reference: torchvision's own network, given our trunk weights, run through its layers 1-3.
+    import torchvision.models as tvm
+
+    enc = built[name]
+    ref = getattr(tvm, name)(weights=None).eval()
+    ref.load_state_dict({k: v for k, v in enc.state_dict().items() if not k.startswith(("face_head", "pose_head"))},
+                        strict=False)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        h = ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))
+        want = ref.layer3(ref.layer2(ref.layer1(h)))
+        got = enc.forward_trunk(x)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_resnet_width_must_be_64(name):
+    with pytest.raises(ConfigError, match=r"model\.width.*fixed base width 64.*got 16"):
+        build_encoder(name, width=16)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        build_encoder(name, width=64).forward_trunk(torch.rand(1, 1, 32, 32))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pclbench.config import ConfigError
-from pclbench.methods import METHODS, PCLConfig, pose_negative_sets
+from pclbench.methods import METHODS, PCLConfig, ablation_label, pose_negative_sets
 from pclbench.models import ModelConfig
 
 from tiny_sections import MODEL, PCL, VIEWS
@@ -237,3 +237,83 @@ def test_config_errors_name_the_key():
         PCLConfig.from_config({**PCL, "n_negatives": 0})
     with pytest.raises(ConfigError, match="img_size"):
         METHODS.get("pcl")({"pcl": PCL, "views": VIEWS}, ModelConfig.from_config(MODEL), 100)
+
+
+# ---------------------------------------------------------------------------------------------
+# ablations (pcl.ablation, dwa.enabled, neg_alpha; config/ablations/*.yaml)
+
+
+def ablated(**flags):
+    return build(pcl={"ablation": {**PCL["ablation"], **flags}})
+
+
+def test_ablation_without_pdd_skips_the_pfe_step_and_leaves_the_decoder():
+    method = ablated(pdd=False)
+    assert method.batch_sizes(4) == {"face": 4, "pose": 2}
+    before = copy.deepcopy(method.decoder.state_dict())
+    opt, (out,) = run_iterations(method)
+    assert len(opt.records) == 2  # face, pose
+    assert [modules_with(s["moved"]) for s in opt.records] == FLOW[1:]
+    assert not any(k.startswith(("loss_pfe", "loss_orth", "loss_rec")) for k in out)
+    assert all(torch.equal(v, method.decoder.state_dict()[k]) for k, v in before.items())
+
+
+def test_ablation_without_orth_drops_l_orth_from_l_pfe():
+    full, method = build(), ablated(orth=False)
+    (_, (of,)), (_, (oa,)) = run_iterations(full), run_iterations(method)
+    rec = sum(float(oa[f"loss_rec{i}"]) for i in range(1, 5))
+    assert float(oa["loss_orth"]) > 0
+    assert float(oa["loss_pfe"]) == pytest.approx(rec, rel=1e-6)
+    assert float(of["loss_pfe"]) == pytest.approx(float(of["loss_orth"]) + rec, rel=1e-5)  # same first step
+
+
+def test_ablation_without_flip_swap_keeps_only_the_own_code_terms():
+    full, method = build(), ablated(flip_swap=False)
+    (_, (of,)), (_, (oa,)) = run_iterations(full), run_iterations(method)
+    assert {k for k in oa if k.startswith("loss_rec")} == {"loss_rec3", "loss_rec4"}
+    # same seed and inputs: rec3 / rec4 equal the full method's, and L_pfe = L_orth + rec3 + rec4
+    assert float(oa["loss_rec3"]) == pytest.approx(float(of["loss_rec3"]), rel=1e-6)
+    assert float(oa["loss_rec4"]) == pytest.approx(float(of["loss_rec4"]), rel=1e-6)
+    assert float(oa["loss_pfe"]) == pytest.approx(float(oa["loss_orth"]) + float(oa["loss_rec3"])
+                                                  + float(oa["loss_rec4"]), rel=1e-5)
+
+
+def test_ablation_without_pose_step_leaves_pose_fc_and_keeps_unit_face_weight():
+    method = ablated(pose_step=False)
+    assert method.batch_sizes(4) == {"pfe": 4, "face": 4}
+    before = {n: p.detach().clone() for n, p in method.named_parameters()}
+    opt, (out,) = run_iterations(method)
+    assert len(opt.records) == 2 and [modules_with(s["moved"]) for s in opt.records] == FLOW[:2]
+    assert "loss_pose" not in out and "w_pose" not in out
+    assert all(torch.equal(before[n], p) for n, p in method.named_parameters() if n.startswith("pose_fc."))
+    # DWA has only the face task left: its weight stays 1 whatever the epoch means
+    for e in (1, 2, 3):
+        method.epoch_end(e, {"loss_face": 5.0 - e})
+    assert method.loss_weights(5)["face"] == 1.0
+
+
+def test_ablation_without_mixup_feeds_unmixed_negatives():
+    method = build(pcl={"neg_alpha": 0.0})
+    z1, z2 = torch.randn(3, 8), torch.randn(3, 8)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    # no mixup: no random draw, so the loss does not depend on the generator
+    assert float(method.face_loss(z1, z2, g1)) == float(method.face_loss(z1, z2, g2))
+    mixed = build()
+    assert float(mixed.face_loss(z1, z2, torch.Generator().manual_seed(0))) != \
+        float(mixed.face_loss(z1, z2, torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("variant, label", [("no_pdd", "w/o PDD"), ("no_orth", "w/o L_orth"),
+                                            ("no_flip_swap", "w/o flip-swap"), ("no_pose", "w/o pose CL"),
+                                            ("no_dwa", "w/o DWA"), ("no_mixup", "w/o mixup")])
+def test_ablation_override_files_name_their_variant(repo_root, variant, label):
+    from pclbench.cli import load_config
+
+    base = load_config([repo_root / "config" / "config.yaml"])
+    cfg = load_config([repo_root / "config" / "config.yaml", repo_root / "config" / "ablations" / f"{variant}.yaml"])
+    assert ablation_label(base["pcl"]) == "full" and ablation_label(cfg["pcl"]) == label
+    PCLConfig.from_config(cfg["pcl"])  # a valid section
+    # the override changes exactly one setting of the pcl section
+    diff = [k for k in cfg["pcl"] if cfg["pcl"][k] != base["pcl"][k]]
+    assert len(diff) == 1
+    assert ablation_label({k: v for k, v in cfg["pcl"].items() if k != "ablation"}) in ("full", label)

@@ -22,7 +22,8 @@ torch.set_num_threads(2)
 
 PRETRAIN = {"epochs": 2, "batch_size": 3, "img_size": 64, "lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 1e-3,
             "schedule": "cosine", "min_lr": 0.0, "seed": 7, "device": "cpu", "amp": False, "num_threads": 2,
-            "log_every": 1, "checkpoint_every": 1}
+            "log_every": 1, "checkpoint_every": 1,
+            "swap_grid_every": 0, "tensorboard": False, "dist_backend": "auto"}
 
 
 def config(**pretrain):
@@ -76,8 +77,13 @@ def test_one_random_frame_per_video_per_draw(shard):
 
 def test_pcl_run_writes_checkpoint_metrics_and_run_json(finished_run):
     out, summary = finished_run
-    assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "metrics.jsonl", "run.json"}
+    # the resumable state/ folder is gone once checkpoint.pt is final
+    assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "metrics.jsonl", "metrics.csv", "run.json"}
     lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    # metrics.csv: the same rows and columns as metrics.jsonl
+    csv = pd.read_csv(out / "metrics.csv")
+    assert list(csv.columns) == list(lines[0]) and len(csv) == len(lines)
+    np.testing.assert_allclose(csv["loss_face"].to_numpy(), [r["loss_face"] for r in lines], rtol=1e-12)
     # 6 videos // batch 3 = 2 iterations per epoch, 2 epochs
     assert [(r["epoch"], r["iteration"]) for r in lines] == [(1, 1), (1, 2), (2, 3), (2, 4)]
     for r in lines:
@@ -149,8 +155,10 @@ def test_resume_after_a_crash_continues_from_the_last_checkpoint(tmp_path, shard
     monkeypatch.setattr(PCL, "train_iteration", crash)
     with pytest.raises(KeyboardInterrupt):
         train("pcl", shard, out, config())
-    ck = load_checkpoint(out / "checkpoint.pt")
-    assert not ck["finished"] and ck["epoch"] == 1
+    # the resumable state lives outside the declared output checkpoint.pt (written only at the end)
+    assert not (out / "checkpoint.pt").exists()
+    ck = load_checkpoint(out / "state" / "last.pt")
+    assert not ck["finished"] and ck["epoch"] == 1 and ck["position"] is None
     assert not (out / "metrics.jsonl").exists()
     monkeypatch.setattr(PCL, "train_iteration", original)
     summary = train("pcl", shard, out, config())
@@ -179,11 +187,53 @@ def test_config_and_shard_errors(tmp_path, shard):
     del cfg["views"]
     with pytest.raises(ConfigError, match="views"):
         train("pcl", shard, tmp_path / "a", cfg)
-    with pytest.raises(KeyError, match="unknown method 'simclr'"):
-        train("simclr", shard, tmp_path / "a", config())
+    with pytest.raises(KeyError, match="unknown method 'no_such_method'"):
+        train("no_such_method", shard, tmp_path / "a", config())
     with pytest.raises(ValueError, match="6 videos .* fewer than pretrain.batch_size = 8"):
         train("pcl", shard, tmp_path / "a", config(batch_size=8))
     bad = write_shard(tmp_path / "bad")
     pd.read_csv(bad / "manifest.csv").drop(columns=["clip"]).to_csv(bad / "manifest.csv", index=False)
     with pytest.raises(ValueError, match="manifest.csv: missing column.*clip"):
         train("pcl", bad, tmp_path / "b", config())
+
+
+def test_swap_grid_pngs_do_not_change_training(tmp_path, shard, finished_run):
+    out = tmp_path / "pcl"
+    train("pcl", shard, out, config(swap_grid_every=1))
+    from PIL import Image
+
+    for epoch in (1, 2):
+        with Image.open(out / f"swap_grid_epoch{epoch}.png") as im:
+            assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+    # the figure reads fixed images in eval mode and draws no random number
+    ref, got = load_checkpoint(finished_run[0] / "checkpoint.pt"), load_checkpoint(out / "checkpoint.pt")
+    for k, v in ref["model"].items():
+        assert torch.equal(got["model"][k], v), k
+
+
+def test_swap_grid_columns_are_the_image_its_flip_and_the_four_decodings():
+    torch.manual_seed(0)
+    net = METHODS.get("pcl")(config(), ModelConfig.from_config(MODEL), 64).eval()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    grid = net.swap_grid(x)
+    assert grid.shape == (2, 6, 3, 64, 64)
+    assert torch.equal(grid[:, 0], x) and torch.equal(grid[:, 1], x.flip(-1))
+    with torch.no_grad():
+        e_n, p_n = (t.flatten(1) for t in net.encoder.forward_maps(x)[1:])
+        e_f, p_f = (t.flatten(1) for t in net.encoder.forward_maps(x.flip(-1))[1:])
+        for col, code in enumerate((e_f + p_n, e_n + p_f, e_n + p_n, e_f + p_f), start=2):
+            torch.testing.assert_close(grid[:, col], net.decoder(code).clamp(0, 1), atol=1e-5, rtol=1e-4)
+    from pclbench.figures import save_swap_grid
+
+    with pytest.raises(ValueError, match=r"expected \(rows, 6, 3, H, W\)"):
+        save_swap_grid(grid[:, :5], "unused.png")
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, shard, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    with pytest.raises(ConfigError, match="pretrain.tensorboard is true but the tensorboard package"):
+        train("pcl", shard, tmp_path / "tb", config(tensorboard=True))
+    with pytest.raises(ConfigError, match="pretrain.swap_grid_every: must be >= 0"):
+        train("pcl", shard, tmp_path / "tb", config(swap_grid_every=-1))

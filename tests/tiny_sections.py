@@ -7,4 +7,5 @@ VIEWS = {"crop_ratio": 0.4, "jitter_p": 0.8, "brightness": 0.8, "contrast": 0.8,
          "sobel_overflow": "fixed"}
 PCL = {"noise_std": 0.4, "recon_weight": 1.0, "temperature": 0.07, "neg_alpha": 1.6, "pose_batch": 2,
        "n_negatives": 3, "pose_negatives": "fixed", "optimizer": "fixed",
-       "dwa": {"enabled": True, "temperature": 2.0, "start": 2}}
+       "dwa": {"enabled": True, "temperature": 2.0, "start": 2},
+       "ablation": {"pdd": True, "orth": True, "flip_swap": True, "pose_step": True}}

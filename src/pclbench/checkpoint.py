@@ -25,7 +25,9 @@ Writes go to a temporary file in the same folder and are renamed over the target
 (:func:`os.replace`), so a crash never leaves a half-written checkpoint.
 
 The authors' DataParallel checkpoints (``{'epoch', 'state_dict': {'module.encoder.*', ...}}``,
-method doc 1.8, 2.9) are not a pclbench format; loading one raises a ValueError that says so.
+method doc 1.8, 2.9) are not a pclbench format: :func:`load_checkpoint` rejects them with a ValueError
+that says so, :func:`load_encoder` reads their encoder (via :mod:`pclbench.official`), and
+``pclbench import-official`` converts them into this format (key ``imported_from`` added).
 """
 from __future__ import annotations
 
@@ -65,16 +67,17 @@ def save_checkpoint(path: Path | str, state: Mapping[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict:
-    """Read a pclbench checkpoint with ``weights_only=True``; ValueError naming what is wrong."""
-    path = Path(path)
+def _torch_load(path: Path, map_location: Any) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a non-torch file fails anywhere inside the unpickler (IndexError, ...)
         raise ValueError(f"{path} is not a pclbench checkpoint (torch.load with weights_only=True "
                          f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+
+
+def _check_state(path: Path, state: Any) -> dict:
     if not isinstance(state, dict):
         raise ValueError(f"{path} is not a pclbench checkpoint: it holds a {type(state).__name__}, "
                          f"expected a dict with format {FORMAT!r}")
@@ -84,7 +87,8 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict:
         hint = ""
         if "state_dict" in state:
             hint = (" It looks like a checkpoint of the authors' code ({'epoch', 'state_dict'}); "
-                    "that format is not recognised by pclbench.")
+                    "convert it with `pclbench import-official SRC DST` (pclbench.official), "
+                    "or read its encoder directly with load_encoder.")
         raise ValueError(f"{path} is not a pclbench checkpoint: format is {fmt!r}, expected {FORMAT!r} "
                          f"(top-level keys: {keys}).{hint}")
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -93,16 +97,34 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict:
     return state
 
 
-def load_encoder(path: Path | str, map_location: Any = "cpu") -> nn.Module:
-    """The checkpoint's encoder, rebuilt from its spec, weights loaded strictly, frozen, eval mode."""
-    from .models import build_encoder
+def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict:
+    """Read a pclbench checkpoint with ``weights_only=True``; ValueError naming what is wrong."""
+    path = Path(path)
+    return _check_state(path, _torch_load(path, map_location))
 
-    state = load_checkpoint(path, map_location=map_location)
-    spec = state["encoder"]
-    if not isinstance(spec, dict) or "name" not in spec or "kwargs" not in spec:
-        raise ValueError(f"{path}: 'encoder' must be a spec {{'name', 'kwargs'}}, got {spec!r}")
-    encoder = build_encoder(spec["name"], **spec["kwargs"])
-    encoder.load_state_dict(state["encoder_state"], strict=True)
+
+def load_encoder(path: Path | str, map_location: Any = "cpu") -> nn.Module:
+    """The encoder of a pclbench checkpoint or of an authors' checkpoint; frozen, eval mode.
+
+    pclbench checkpoints: rebuilt from the stored spec, weights loaded strictly. Authors' files
+    (``{'epoch', 'state_dict': {'module.encoder.*', ...}}``, method doc 1.8, 2.9; also without the
+    DataParallel ``module.`` prefix): mapped strictly by :mod:`pclbench.official` into a
+    ``facecycle`` encoder of the width conv1 implies; any unmatched key raises a ValueError naming it.
+    """
+    from .models import build_encoder
+    from .official import encoder_from_authors, is_authors_checkpoint, split_authors_state
+
+    path = Path(path)
+    obj = _torch_load(path, map_location)
+    if is_authors_checkpoint(obj):
+        encoder = encoder_from_authors(split_authors_state(obj, str(path)), str(path))
+    else:
+        state = _check_state(path, obj)
+        spec = state["encoder"]
+        if not isinstance(spec, dict) or "name" not in spec or "kwargs" not in spec:
+            raise ValueError(f"{path}: 'encoder' must be a spec {{'name', 'kwargs'}}, got {spec!r}")
+        encoder = build_encoder(spec["name"], **spec["kwargs"])
+        encoder.load_state_dict(state["encoder_state"], strict=True)
     encoder.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
     encoder.eval()
     encoder.requires_grad_(False)

@@ -151,6 +151,13 @@ def checkpoint_info(path: Path) -> dict:
         # The faithful/fixed switches (method doc 6-7) change results: tables must name them.
         info["variant"] = {k: v for k, v in config["pcl"].items()
                            if isinstance(v, str) and v in ("faithful", "fixed")}
+        from .methods import ablation_label
+
+        info["ablation"] = ablation_label(config["pcl"])
+    elif isinstance(config.get(ck.get("method")), dict):
+        info["settings"] = config[ck["method"]]  # a baseline's own section (simclr, moco, byol)
+    if ck.get("imported_from"):
+        info["imported_from"] = ck["imported_from"]
     return info
 
 
@@ -167,6 +174,21 @@ def cmd_tables(args) -> int:
                    inputs=[str(p) for p in args.results])
     for p in paths:
         logging.info("wrote %s", p)
+    return 0
+
+
+def cmd_import_official(args) -> int:
+    """Authors' best.pth -> pclbench checkpoint (method doc 1.8, 2.9; see pclbench.official)."""
+    from .official import import_official
+
+    cfg = load_config(args.config, args.params)
+    if "model" not in cfg:
+        raise ConfigError("import-official needs the config section 'model' (projection sizes)")
+    record = import_official(Path(args.src), Path(args.dst), cfg)
+    logging.info("imported %s (epoch %s, sha256 %s) -> %s", args.src, record["epoch"], record["sha256"][:12],
+                 args.dst)
+    for note in record["notes"]:
+        logging.info("note: %s", note)
     return 0
 
 
@@ -241,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("results", nargs="+")
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("import-official", help="convert an authors' PCL checkpoint (best.pth) into a "
+                                               "pclbench checkpoint")
+    _add_config_args(p)
+    p.add_argument("src", help="the authors' file: {'epoch', 'state_dict': {'module.encoder.*', ...}}")
+    p.add_argument("dst", help="pclbench checkpoint to write (e.g. results/pretrain/pcl_official/checkpoint.pt)")
+    p.set_defaults(func=cmd_import_official)
 
     p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the Snakemake workflow's DAG")
     p.add_argument("--out", default="dvc.yaml")

@@ -12,11 +12,38 @@ random frame per video; the epoch has ``floor(n_videos / batch_size)`` iteration
 and a stream with smaller batches (pose) uses only the first iterations' worth of its draw, as the
 authors' ``itertools.cycle`` does.
 
-Outputs (``out_dir``): ``checkpoint.pt`` (:mod:`pclbench.checkpoint`, also every
-``checkpoint_every`` epochs), ``metrics.jsonl`` (one JSON object per iteration; streamed to
-``metrics.jsonl.partial`` and renamed when the run ends), ``run.json``. A run that finds an
-unfinished ``checkpoint.pt`` in ``out_dir`` resumes from it (model, optimiser, schedule, DWA
-history and every RNG state).
+Outputs (``out_dir``): ``checkpoint.pt`` (:mod:`pclbench.checkpoint`), written once, when the
+run finishes; ``metrics.jsonl`` (one JSON object per iteration; streamed to
+``metrics.jsonl.partial`` and renamed when the run ends) and ``metrics.csv`` (the same columns,
+for DVC plots); ``run.json``; ``swap_grid_epoch<k>.png`` every ``swap_grid_every`` epochs
+(methods with a ``swap_grid`` hook, method doc 2.2); ``tensorboard/`` when enabled.
+
+Resumable state (issue 3, "Scale and faults"): ``state/last.pt`` (NOT a declared Snakemake
+output, so it survives a failed job) is written every ``checkpoint_every`` epochs and on
+SIGTERM / SIGUSR1 (Slurm pre-emption or ``--signal=USR1@<s>`` before the time limit). On a
+signal the trainer finishes the current iteration, saves the state atomically and exits with
+:data:`EXIT_REQUEUE` (75, ``EX_TEMPFAIL``). The state holds model, optimiser, scheduler, grad
+scaler, DWA history, every RNG state (python, numpy, torch CPU/CUDA, the sampler and the views
+generators of every rank) and the position in the data order (epoch, iteration within the epoch,
+the sampler state at the epoch start, the epoch's running loss sums), so a run killed at any
+iteration and resumed ends with bitwise the weights of an uninterrupted run on CPU
+(tests/test_resume.py). A run resumes from ``state/last.pt`` when its config matches
+(``RUNTIME_KEYS`` may differ); a state written with another config is set aside as
+``state/last.pt.stale`` and the run starts afresh. An unfinished ``checkpoint.pt`` of an older
+pclbench is resumed too.
+
+Distributed data parallelism (torchrun / srun, :mod:`pclbench.distributed`): every rank builds
+the same networks from the shared seed, draws the same per-epoch frame order from the shared
+sampler seed and takes its contiguous slice of each stream's global batch (``batch_size`` and
+the method's stream sizes are GLOBAL and must divide by the world size). Gradients are averaged
+over ranks right before every optimiser step (an optimiser step pre-hook: PCL makes three steps
+per iteration on different submodules, and averaging the gradients that exist is exact where
+DistributedDataParallel's one-backward-per-step bookkeeping is not). Logged values are averaged
+over ranks each iteration, so the metrics and the DWA weights are global and equal on every rank.
+Each rank's views generator is seeded ``seed + 2 + 7919 * rank`` (rank 0 = the single-process
+seed). BatchNorm layers become SyncBatchNorm on CUDA (global batch statistics, as one process);
+torch's SyncBatchNorm does not run on CPU, so gloo/CPU runs keep per-rank statistics. Only
+rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -25,7 +52,9 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -36,6 +65,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import distributed as ddp
 from .checkpoint import FORMAT, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import ConfigError, from_dict
 from .methods import METHODS, Method
@@ -46,7 +76,25 @@ log = logging.getLogger(__name__)
 
 # Keys of `pretrain` that only change how a run executes, not what it computes; a run may be resumed
 # with different values of them.
-RUNTIME_KEYS = ("device", "num_threads", "log_every", "checkpoint_every")
+RUNTIME_KEYS = ("device", "num_threads", "log_every", "checkpoint_every", "swap_grid_every", "tensorboard",
+                "dist_backend")
+
+# Exit status of a run stopped by SIGTERM / SIGUSR1 after saving state/last.pt: EX_TEMPFAIL of
+# sysexits.h ("try again later"). A scheduler (Snakemake `retries`, a Slurm requeue) reruns the same
+# command, which resumes.
+EXIT_REQUEUE = 75
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+
+
+class Preempted(SystemExit):
+    """Raised by :func:`train` after a stop signal: the state is saved; exit status EXIT_REQUEUE."""
+
+    def __init__(self, message: str):
+        super().__init__(EXIT_REQUEUE)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass
@@ -66,12 +114,17 @@ class PretrainConfig:
     amp: bool  # bf16 autocast of the forward passes (CUDA only) [AMP fp16 in the paper]
     num_threads: int  # torch CPU threads, 0 = torch's default
     log_every: int  # a log line every this many iterations
-    checkpoint_every: int  # a checkpoint every this many epochs (and always after the last)
+    checkpoint_every: int  # resumable state/last.pt every this many epochs (checkpoint.pt at the end)
+    swap_grid_every: int  # swap_grid_epoch<k>.png every this many epochs (method doc 2.2); 0 = off
+    tensorboard: bool  # also log per-iteration scalars to out_dir/tensorboard (needs tensorboard)
+    dist_backend: Literal["auto", "nccl", "gloo"]  # torch.distributed backend; auto: nccl on CUDA
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "img_size", "log_every", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"pretrain.{key}: must be >= 1, got {getattr(self, key)!r}")
+        if self.swap_grid_every < 0:
+            raise ConfigError(f"pretrain.swap_grid_every: must be >= 0 (0 = off), got {self.swap_grid_every!r}")
         if not self.lr > 0:
             raise ConfigError(f"pretrain.lr: must be > 0, got {self.lr!r}")
         if self.weight_decay < 0 or self.min_lr < 0:
@@ -152,8 +205,10 @@ class VideoShard:
 class BatchLoader:
     """Yields each iteration's batches on the device, reading the next one in a background thread."""
 
-    def __init__(self, shard: VideoShard, index: Mapping[str, torch.Tensor], device: torch.device):
-        self.shard, self.index, self.device = shard, dict(index), device
+    def __init__(self, shard: VideoShard, index: Mapping[str, torch.Tensor], device: torch.device,
+                 start: int = 0):
+        # `start`: first iteration to yield (a mid-epoch resume skips the iterations already done).
+        self.shard, self.index, self.device, self.start = shard, dict(index), device, start
         self.names = list(self.index)
         self.n_iter = next(iter(self.index.values())).shape[0] if self.index else 0
 
@@ -165,8 +220,8 @@ class BatchLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         sizes = [self.index[k].shape[1] for k in self.names]
         with ThreadPoolExecutor(max_workers=1) as pool:
-            fut = pool.submit(self._read, 0) if self.n_iter else None
-            for it in range(self.n_iter):
+            fut = pool.submit(self._read, self.start) if self.start < self.n_iter else None
+            for it in range(self.start, self.n_iter):
                 x = fut.result()
                 if it + 1 < self.n_iter:
                     fut = pool.submit(self._read, it + 1)
@@ -180,10 +235,75 @@ class BatchLoader:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("pretrain.device: 'cuda' requested but CUDA is not available")
+    if name == "cuda" and ddp.is_distributed():
+        return torch.device("cuda", ddp.local_rank())  # one device per rank
     return torch.device(name)
+
+
+def _backend(pcfg: PretrainConfig) -> str:
+    if pcfg.dist_backend != "auto":
+        return pcfg.dist_backend
+    wants_cuda = pcfg.device == "cuda" or (pcfg.device == "auto" and torch.cuda.is_available())
+    return "nccl" if wants_cuda else "gloo"
+
+
+def shard_batches(index: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's contiguous slice of every global batch: ``(n_iter, B) -> (n_iter, B / world)``.
+
+    Every rank draws the same ``index`` (shared sampler seed), so the union over ranks of one
+    iteration's slices is exactly the single-process batch, in rank order.
+    """
+    n_iter, b = index.shape
+    if b % world:
+        raise ValueError(f"a global batch of {b} images does not split over {world} ranks; "
+                         "pretrain.batch_size (and the method's other stream sizes, e.g. pcl.pose_batch) "
+                         "must be multiples of the world size")
+    per = b // world
+    return index[:, rank * per:(rank + 1) * per]
+
+
+def sync_gradients(optimizer: torch.optim.Optimizer):
+    """Average the gradients that exist over ranks right before every ``optimizer.step()``.
+
+    DDP's averaging done by hand: PCL makes three optimiser steps per iteration on different
+    submodules (method doc 2.7), so each step averages exactly the gradients its backward produced
+    (``.grad`` None is skipped: the same parameters on every rank, which run the same code).
+    Returns the hook handle.
+    """
+    def hook(opt, args, kwargs):
+        ddp.all_reduce_mean_grads_([p for g in opt.param_groups for p in g["params"]])
+
+    return optimizer.register_step_pre_hook(hook)
+
+
+class StopFlag:
+    """Set by SIGTERM / SIGUSR1; the loop checks it after each iteration (only the main thread
+    can install handlers: elsewhere the flag is never set by a signal)."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signal.Signals(signum).name
+        log.warning("%s received: finishing the current iteration, then saving state and exiting %d",
+                    self.signal, EXIT_REQUEUE)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
 
 def _section(config: Mapping[str, Any], name: str) -> Any:
@@ -215,22 +335,31 @@ def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any])
     """Pretrain ``method`` on the aligned shard ``data_dir``; write checkpoint, metrics and run.json.
 
     ``config`` holds the sections ``pretrain``, ``model`` and the method's own (PCL: ``pcl``,
-    ``views``). Returns a summary dict (also in run.json). Resumes an unfinished run found in
-    ``out_dir``; returns at once if ``out_dir`` holds a finished run with the same config.
+    ``views``). Returns a summary dict (also in run.json). Resumes from ``state/last.pt`` (or an
+    unfinished ``checkpoint.pt``) in ``out_dir``; returns at once if ``out_dir`` holds a finished
+    run with the same config. Raises :class:`Preempted` (a SystemExit with status
+    :data:`EXIT_REQUEUE`) after SIGTERM / SIGUSR1, once the resumable state is saved. Under
+    torchrun / srun (``WORLD_SIZE`` or ``SLURM_NTASKS`` > 1) it starts the process group itself.
     """
     t_start = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     pcfg = PretrainConfig.from_config(_section(config, "pretrain"))
     model_cfg = ModelConfig.from_config(_section(config, "model"))
     builder = METHODS.get(method)
+    ddp.init_from_env(_backend(pcfg))
+    rank, world = ddp.rank(), ddp.world_size()
+    main = rank == 0
     device = resolve_device(pcfg.device)
     if pcfg.num_threads > 0:
         torch.set_num_threads(pcfg.num_threads)
     ckpt_path = out_dir / "checkpoint.pt"
+    state_path = out_dir / "state" / "last.pt"
     config_plain = json.loads(json.dumps(dict(config), default=str))  # plain containers (weights_only-safe)
+    tb_writer_cls = _tensorboard_writer_class() if pcfg.tensorboard else None
 
-    # Seeds: the global RNGs initialise the networks; `sampler` (CPU) draws the frames of each epoch;
-    # `views` (training device) drives every augmentation, noise and mixup draw.
+    # Seeds: the global RNGs initialise the networks (same on every rank); `sampler` (CPU) draws the
+    # frames of each epoch (same on every rank); `views` (training device) drives every augmentation,
+    # noise and mixup draw (one stream per rank).
     seeds = {"init": pcfg.seed, "sampler": pcfg.seed + 1, "views": pcfg.seed + 2}
     torch.manual_seed(seeds["init"])
     np.random.seed(pcfg.seed % 2**32)
@@ -238,64 +367,103 @@ def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any])
     net: Method = builder(config, model_cfg, pcfg.img_size)
     method_sections = net.config_sections
 
-    previous = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
-    if previous is not None:
-        if previous["method"] != method:
-            raise ValueError(f"{ckpt_path} holds a {previous['method']!r} run, not {method!r}; use another out_dir")
-        diffs = _diff(_comparable(previous["config"], method_sections), _comparable(config_plain, method_sections))
+    def check_config(ck: dict, path: Path) -> list[str]:
+        if ck["method"] != method:
+            raise ValueError(f"{path} holds a {ck['method']!r} run, not {method!r}; use another out_dir")
+        return _diff(_comparable(ck["config"], method_sections), _comparable(config_plain, method_sections))
+
+    final = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    if final is not None:
+        diffs = check_config(final, ckpt_path)
         if diffs:
             raise ValueError(f"{ckpt_path} was written with a different config ({'; '.join(diffs)}); "
                              "delete it or use another out_dir")
-        if previous["finished"]:
-            log.info("%s: finished run found (%d epochs); nothing to do", ckpt_path, previous["epoch"])
-            return {"method": method, "checkpoint": str(ckpt_path), "epochs": previous["epoch"],
-                    "iterations": previous["iteration"], "resumed": False, "already_finished": True}
+        if final["finished"]:
+            log.info("%s: finished run found (%d epochs); nothing to do", ckpt_path, final["epoch"])
+            return {"method": method, "checkpoint": str(ckpt_path), "epochs": final["epoch"],
+                    "iterations": final["iteration"], "resumed": False, "already_finished": True}
+    previous, resume_path = final, ckpt_path
+    if state_path.is_file():
+        state_ck = load_checkpoint(state_path)
+        diffs = check_config(state_ck, state_path)
+        if diffs:
+            log.warning("%s was written with a different config (%s): set aside as %s.stale; starting afresh",
+                        state_path, "; ".join(diffs), state_path.name)
+            ddp.barrier()  # every rank has read it before rank 0 moves it
+            if main:
+                os.replace(state_path, state_path.with_name(state_path.name + ".stale"))
+        else:
+            previous, resume_path = state_ck, state_path
 
+    if ddp.is_distributed() and device.type == "cuda":
+        # Global batch statistics, as one process (module docstring); state_dict keys are unchanged.
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(device)
     net.amp_dtype = torch.bfloat16 if (pcfg.amp and device.type == "cuda") else None
     shard = VideoShard(data_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     sampler = torch.Generator().manual_seed(seeds["sampler"])
-    views_gen = torch.Generator(device=device).manual_seed(seeds["views"])
+    views_gen = torch.Generator(device=device).manual_seed(seeds["views"] + 7919 * rank)
 
     info = {"method": method, "data_dir": str(data_dir), "n_images": shard.n_images,
             "n_videos": shard.n_videos, "shard_size": shard.size, "device": str(device),
-            "amp_dtype": str(net.amp_dtype) if net.amp_dtype else None,
+            "world_size": world, "amp_dtype": str(net.amp_dtype) if net.amp_dtype else None,
             "n_parameters": sum(p.numel() for p in net.parameters()),
             "encoder_parameters": sum(p.numel() for p in net.encoder.parameters())}
 
-    def state(epoch: int, iteration: int, finished: bool, optimizer=None, scheduler=None, scaler=None) -> dict:
+    def state(epoch: int, iteration: int, finished: bool, optimizer=None, scheduler=None, scaler=None,
+              position: dict | None = None) -> dict:
+        # Collective (all ranks must call it): every rank's views generator state goes into the file.
+        views_states = ddp.all_gather_object(views_gen.get_state())
         return {"format": FORMAT, "method": method, "encoder": net.encoder.spec,
                 "encoder_state": net.encoder.state_dict(), "model": net.state_dict(),
                 "optimizer": optimizer.state_dict() if optimizer is not None else None,
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "extra": net.extra_state(),
-                "rng": {**capture_rng_state(), "sampler": sampler.get_state(), "views": views_gen.get_state()},
-                "epoch": epoch, "iteration": iteration, "finished": finished, "config": config_plain}
+                "rng": {**capture_rng_state(), "sampler": sampler.get_state(), "views": views_states[0],
+                        "views_per_rank": views_states},
+                "epoch": epoch, "iteration": iteration, "finished": finished, "config": config_plain,
+                "world_size": world, "position": position}
 
     if not net.trainable:
-        save_checkpoint(ckpt_path, state(0, 0, True))
-        _write_text_atomic(out_dir / "metrics.jsonl", "")
+        st = state(0, 0, True)
+        if main:
+            save_checkpoint(ckpt_path, st)
+            _write_text_atomic(out_dir / "metrics.jsonl", "")
+            _write_text_atomic(out_dir / "metrics.csv", "")
         summary = {**info, "epochs": 0, "iterations": 0, "checkpoint": str(ckpt_path), "resumed": False}
-        write_run_info(out_dir, "pretrain", config=config_plain, seeds=seeds,
-                       timings={"total": time.perf_counter() - t_start}, **summary)
-        log.info("%s: wrote the untrained encoder to %s", method, ckpt_path)
+        if main:
+            write_run_info(out_dir, "pretrain", config=config_plain, seeds=seeds,
+                           timings={"total": time.perf_counter() - t_start}, **summary)
+            log.info("%s: wrote the untrained encoder to %s", method, ckpt_path)
+        ddp.barrier()
         return summary
 
     n_iter = shard.n_videos // pcfg.batch_size
     if n_iter < 1:
         raise ValueError(f"{data_dir}: {shard.n_videos} videos (subject, clip) is fewer than "
                          f"pretrain.batch_size = {pcfg.batch_size}: an epoch would have no iteration")
-    streams = net.batch_sizes(pcfg.batch_size)
+    streams = net.batch_sizes(pcfg.batch_size)  # GLOBAL images per iteration per stream
+    bad_streams = {k: v for k, v in streams.items() if v % world}
+    if bad_streams:
+        raise ValueError(f"batch streams {bad_streams} do not split over {world} ranks: pretrain.batch_size "
+                         "and the method's other stream sizes (e.g. pcl.pose_batch) must be multiples of the "
+                         "world size")
     optimizer = torch.optim.Adam(net.parameter_groups(), lr=pcfg.lr, betas=tuple(pcfg.betas),
                                  weight_decay=pcfg.weight_decay)
+    if ddp.is_distributed():
+        sync_gradients(optimizer)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=pcfg.epochs, eta_min=pcfg.min_lr)
                  if pcfg.schedule == "cosine" else None)
-    # bf16 autocast needs no loss scaling; the scaler stays disabled (kept for an fp16 option).
+    # bf16 autocast needs no loss scaling; the scaler stays disabled (kept for an fp16 option; with
+    # several ranks an enabled scaler would need its inf checks all-reduced).
     scaler = torch.amp.GradScaler(device.type, enabled=False)
 
-    start_epoch, iteration = 1, 0
+    start_epoch, start_step, iteration = 1, 0, 0
+    resume_sums: dict[str, float] = {}
+    resume_sampler: torch.Tensor | None = None
     partial = out_dir / "metrics.jsonl.partial"
     if previous is not None:
         net.load_state_dict(previous["model"])
@@ -304,80 +472,198 @@ def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any])
             scheduler.load_state_dict(previous["scheduler"])
         scaler.load_state_dict(previous["scaler"])
         net.load_extra_state(previous["extra"])
-        restore_rng_state(previous["rng"])
-        sampler.set_state(previous["rng"]["sampler"])
-        views_gen.set_state(previous["rng"]["views"])
+        rng = previous["rng"]
+        restore_rng_state(rng)
+        sampler.set_state(rng["sampler"])
+        per_rank = rng.get("views_per_rank") or [rng["views"]]
+        if len(per_rank) == world:
+            views_gen.set_state(per_rank[rank])
+        else:
+            log.warning("%s was written by %d rank(s), this run has %d: the views generators are reseeded "
+                        "(the resume is not exact)", resume_path, len(per_rank), world)
         start_epoch, iteration = previous["epoch"] + 1, previous["iteration"]
-        _truncate_metrics(partial, iteration)
-        log.info("resuming %s from %s at epoch %d (iteration %d)", method, ckpt_path, start_epoch, iteration)
-    else:
+        position = previous.get("position")
+        if position is not None:  # stopped inside an epoch: redraw its order, skip the steps done
+            start_epoch, start_step = position["epoch"], position["step"]
+            resume_sampler = position["sampler"]
+            resume_sums = {k: float(v) for k, v in position["sums"].items()}
+        if main:
+            _truncate_metrics(partial, iteration)
+        log.info("resuming %s from %s at epoch %d, step %d (iteration %d)", method, resume_path,
+                 start_epoch, start_step, iteration)
+    elif main:
         partial.unlink(missing_ok=True)
+    ddp.barrier()
 
-    total_iter = (pcfg.epochs - start_epoch + 1) * n_iter
-    log.info("pretraining %s on %s: %d images, %d videos, %d epochs x %d iterations, device %s, streams %s",
-             method, data_dir, shard.n_images, shard.n_videos, pcfg.epochs, n_iter, device, streams)
-    pbar = _progress(total_iter)
+    total_iter = (pcfg.epochs - start_epoch + 1) * n_iter - start_step
+    log.info("pretraining %s on %s: %d images, %d videos, %d epochs x %d iterations, device %s, streams %s, "
+             "%d rank(s)", method, data_dir, shard.n_images, shard.n_videos, pcfg.epochs, n_iter, device,
+             streams, world)
+    grid_rows = _swap_grid_rows(shard) if (main and pcfg.swap_grid_every and hasattr(net, "swap_grid")) else None
+    tb = tb_writer_cls(str(out_dir / "tensorboard")) if (main and tb_writer_cls is not None) else None
+    pbar = _progress(total_iter, enabled=main)
     t_train = time.perf_counter()
     t_log, it_log = t_train, 0
     last_means: dict[str, float] = {}
+    preempted: str | None = None
     net.train()
-    with open(partial, "a") as mfh:
-        for epoch in range(start_epoch, pcfg.epochs + 1):
-            index = {name: shard.epoch_batches(n_iter, size, sampler) for name, size in streams.items()}
-            sums: dict[str, float] = {}
-            lr = optimizer.param_groups[0]["lr"]
-            t_it = time.perf_counter()
-            for it, batches in enumerate(BatchLoader(shard, index, device)):
-                out = net.train_iteration(batches, optimizer, scaler, epoch, views_gen)
-                values = dict(zip(out, torch.stack([v.detach().float() for v in out.values()]).tolist()))
-                bad = [k for k, v in values.items() if not math.isfinite(v)]
-                if bad:
-                    raise FloatingPointError(f"{method}: non-finite {', '.join(bad)} at epoch {epoch}, "
-                                             f"iteration {it} ({values}); no checkpoint written for this epoch")
-                now = time.perf_counter()
-                iteration += 1
-                rec = {"epoch": epoch, "iteration": iteration, "step": it, **values, "lr": lr,
-                       "seconds": now - t_it}
-                t_it = now
-                mfh.write(json.dumps(rec) + "\n")
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                pbar.update(1)
-                if iteration % pcfg.log_every == 0:
-                    rate = (iteration - it_log) / max(now - t_log, 1e-9)
-                    t_log, it_log = now, iteration
-                    pbar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k.startswith("loss_")})
-                    if pbar.disable:
-                        log.info("epoch %d/%d it %d: %s lr %.3g, %.2f it/s", epoch, pcfg.epochs, iteration,
-                                 " ".join(f"{k}={v:.4g}" for k, v in values.items()), lr, rate)
-            last_means = {k: v / n_iter for k, v in sums.items()}
-            net.epoch_end(epoch, last_means)
-            if scheduler is not None:
-                scheduler.step()
-            finished = epoch == pcfg.epochs
-            if finished or epoch % pcfg.checkpoint_every == 0:
-                mfh.flush()
-                save_checkpoint(ckpt_path, state(epoch, iteration, finished, optimizer, scheduler, scaler))
-    pbar.close()
-    os.replace(partial, out_dir / "metrics.jsonl")
+    mfh = open(partial, "a") if main else None
+    try:
+        with StopFlag() as stop:
+            for epoch in range(start_epoch, pcfg.epochs + 1):
+                first = epoch == start_epoch
+                if first and resume_sampler is not None:
+                    sampler.set_state(resume_sampler)
+                epoch_sampler = sampler.get_state()  # redraws this epoch's order on a mid-epoch resume
+                index = {name: shard_batches(shard.epoch_batches(n_iter, size, sampler), rank, world)
+                         for name, size in streams.items()}
+                sums = dict(resume_sums) if first else {}
+                step0 = start_step if first else 0
+                lr = optimizer.param_groups[0]["lr"]
+                t_it = time.perf_counter()
+                for it, batches in enumerate(BatchLoader(shard, index, device, start=step0), start=step0):
+                    out = net.train_iteration(batches, optimizer, scaler, epoch, views_gen)
+                    # One collective per iteration: the global means of the logged values and the stop flag.
+                    flat = torch.stack([v.detach().float() for v in out.values()]
+                                       + [torch.tensor(float(stop.signal is not None), device=device)])
+                    if ddp.is_distributed():
+                        ddp.all_reduce_mean_([flat])
+                    flat = flat.tolist()
+                    values = dict(zip(out, flat[:-1]))
+                    bad = [k for k, v in values.items() if not math.isfinite(v)]
+                    if bad:
+                        raise FloatingPointError(f"{method}: non-finite {', '.join(bad)} at epoch {epoch}, "
+                                                 f"iteration {it} ({values}); no checkpoint written for this epoch")
+                    now = time.perf_counter()
+                    iteration += 1
+                    rec = {"epoch": epoch, "iteration": iteration, "step": it, **values, "lr": lr,
+                           "seconds": now - t_it}
+                    t_it = now
+                    if mfh is not None:
+                        mfh.write(json.dumps(rec) + "\n")
+                    if tb is not None:
+                        for k, v in values.items():
+                            tb.add_scalar(k, v, iteration)
+                        tb.add_scalar("lr", lr, iteration)
+                    for k, v in values.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    pbar.update(1)
+                    if iteration % pcfg.log_every == 0:
+                        rate = (iteration - it_log) / max(now - t_log, 1e-9)
+                        t_log, it_log = now, iteration
+                        pbar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k.startswith("loss_")})
+                        if pbar.disable and main:
+                            log.info("epoch %d/%d it %d: %s lr %.3g, %.2f it/s", epoch, pcfg.epochs, iteration,
+                                     " ".join(f"{k}={v:.4g}" for k, v in values.items()), lr, rate)
+                    if flat[-1] > 0 and it + 1 < n_iter:  # a rank was signalled: all stop here
+                        preempted = stop.signal or "a stop signal on another rank"
+                        pos = {"epoch": epoch, "step": it + 1, "sampler": epoch_sampler, "sums": dict(sums)}
+                        st = state(epoch - 1, iteration, False, optimizer, scheduler, scaler, pos)
+                        if main:
+                            mfh.flush()
+                            save_checkpoint(state_path, st)
+                        break
+                if preempted:
+                    break
+                last_means = {k: v / n_iter for k, v in sums.items()}
+                net.epoch_end(epoch, last_means)
+                if scheduler is not None:
+                    scheduler.step()
+                finished = epoch == pcfg.epochs
+                if grid_rows is not None and epoch % pcfg.swap_grid_every == 0:
+                    _write_swap_grid(net, shard, grid_rows, device, out_dir / f"swap_grid_epoch{epoch}.png")
+                # `flat[-1]` (not the local flag): every rank takes the same branch (state() is collective).
+                if not finished and (epoch % pcfg.checkpoint_every == 0 or flat[-1] > 0):
+                    st = state(epoch, iteration, False, optimizer, scheduler, scaler)
+                    if main:
+                        mfh.flush()
+                        save_checkpoint(state_path, st)
+                    if flat[-1] > 0:  # signalled in the epoch's last iteration
+                        preempted = stop.signal or "a stop signal on another rank"
+                        break
+                if finished:
+                    st = state(epoch, iteration, True, optimizer, scheduler, scaler)
+                    if main:
+                        mfh.flush()
+                        save_checkpoint(ckpt_path, st)
+    finally:
+        if mfh is not None:
+            mfh.close()
+        if tb is not None:
+            tb.close()
+        pbar.close()
+    if preempted:
+        ddp.barrier()
+        raise Preempted(f"{method}: stopped by {preempted} at iteration {iteration}; resumable state in "
+                        f"{state_path}; rerun the same command to resume (exit status {EXIT_REQUEUE})")
+    if main:
+        os.replace(partial, out_dir / "metrics.jsonl")
+        write_metrics_csv(out_dir / "metrics.jsonl", out_dir / "metrics.csv")
+        # The finished checkpoint.pt holds everything state/last.pt did.
+        for p in (state_path, state_path.with_name(state_path.name + ".stale")):
+            p.unlink(missing_ok=True)
+        if state_path.parent.is_dir() and not any(state_path.parent.iterdir()):
+            state_path.parent.rmdir()
     t_end = time.perf_counter()
     n_run = total_iter
     summary = {**info, "epochs": pcfg.epochs, "iterations_per_epoch": n_iter, "iterations": iteration,
                "streams": streams, "final_epoch_means": last_means, "checkpoint": str(ckpt_path),
-               "resumed": previous is not None, "resumed_from_epoch": start_epoch - 1 if previous else None}
+               "resumed": previous is not None,
+               "resumed_from_epoch": (start_epoch - 1 if start_step == 0 else start_epoch) if previous else None,
+               "resumed_from_iteration": (iteration - n_run) if previous else None}
     timings = {"total": t_end - t_start, "train": t_end - t_train,
                "seconds_per_iteration": (t_end - t_train) / max(n_run, 1)}
-    write_run_info(out_dir, "pretrain", config=config_plain, seeds=seeds, timings=timings,
-                   pretrain_config=asdict(pcfg), **summary)
+    if main:
+        write_run_info(out_dir, "pretrain", config=config_plain, seeds=seeds, timings=timings,
+                       pretrain_config=asdict(pcfg), **summary)
     log.info("%s: %d iterations in %.1f s (%.3f s/it); final epoch means %s", method, n_run,
              timings["train"], timings["seconds_per_iteration"], last_means)
+    ddp.barrier()
     return {**summary, "timings": timings}
 
 
-def _progress(total: int):
+def write_metrics_csv(jsonl: Path, csv: Path) -> None:
+    """``metrics.jsonl`` -> ``metrics.csv`` with the same columns (first-appearance order), atomically."""
+    rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
+    text = pd.DataFrame(rows).to_csv(index=False) if rows else ""
+    _write_text_atomic(Path(csv), text)
+
+
+def _tensorboard_writer_class():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:  # torch's wrapper needs the `tensorboard` package
+        raise ConfigError("pretrain.tensorboard is true but the tensorboard package is not installed "
+                          f"({err}); `pip install tensorboard` or set pretrain.tensorboard: false") from err
+    return SummaryWriter
+
+
+SWAP_GRID_ROWS = 8  # images in the swap grid: the first frame of the shard's first videos
+
+
+def _swap_grid_rows(shard: VideoShard) -> np.ndarray:
+    """Fixed image rows for the swap grid (no random draw: the figure must not touch any RNG)."""
+    n = min(SWAP_GRID_ROWS, shard.n_videos)
+    return shard.rows[shard.starts[:n]].numpy()
+
+
+def _write_swap_grid(net: Method, shard: VideoShard, rows: np.ndarray, device: torch.device, path: Path) -> None:
+    from .figures import save_swap_grid
+
+    x = shard.gather(rows).to(device).float().div_(255.0)  # (R, 3, S, S) in [0, 1]
+    was_training = net.training
+    net.eval()  # BatchNorm running statistics: the figure does not change the training state
+    try:
+        grid = net.swap_grid(x)  # (R, 6, 3, 64, 64)
+    finally:
+        net.train(was_training)
+    save_swap_grid(grid.cpu(), path)
+
+
+def _progress(total: int, enabled: bool = True):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="pretrain", unit="it", disable=not _is_tty(), dynamic_ncols=True)
+    return tqdm(total=total, desc="pretrain", unit="it", disable=not (enabled and _is_tty()), dynamic_ncols=True)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -1,4 +1,24 @@
 # pretrain {method}: PCL (or a baseline) on the aligned pretraining shard; `random` only initialises.
+#
+# Pre-emption / time limits (issue 3): the trainer keeps its resumable state in
+# results/pretrain/{method}/state/last.pt, which is NOT a declared output, so Snakemake does not
+# delete it when a job fails. On SIGTERM / SIGUSR1 it finishes the iteration, saves that state and
+# exits 75 (EX_TEMPFAIL); the retried job (`retries` here and in profiles/slurm) runs the same command,
+# which resumes from the state when the config matches. checkpoint.pt and metrics.csv are written
+# only when training finishes. The log is appended to, so it shows every attempt.
+
+
+
+def pretrain_params(wildcards):
+    """The sections the method's trainer reads (pclbench Method.config_sections + pretrain).
+
+    pcl and random keep the historical selection; a baseline reads views, augment and its own section.
+    """
+    if wildcards.method in ("pcl", "random"):
+        sections = ("model", "views", "pcl", "pretrain")
+    else:
+        sections = ("model", "views", "augment", wildcards.method, "pretrain")
+    return params_json(*(s for s in sections if s in config))
 
 
 rule pretrain:
@@ -6,12 +26,14 @@ rule pretrain:
         f"{ALIGNED}/{PRETRAIN_DATASET}/{PRETRAIN_SPLIT}",
     output:
         checkpoint=f"{RESULTS}/pretrain/{{method}}/checkpoint.pt",
+        metrics=f"{RESULTS}/pretrain/{{method}}/metrics.csv",
     params:
-        cfg=params_json("model", "views", "pcl", "pretrain"),
+        cfg=pretrain_params,
         outdir=lambda w: f"{RESULTS}/pretrain/{w.method}",
     log:
         f"{LOGS}/pretrain/{{method}}.log",
     threads: workflow.cores
+    retries: 3
     shell:
         "{PCLBENCH} pretrain --params {params.cfg:q} --method {wildcards.method} --data {input} "
-        "--out {params.outdir} > {log} 2>&1"
+        "--out {params.outdir} >> {log} 2>&1"

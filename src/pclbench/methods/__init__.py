@@ -12,8 +12,12 @@ from .base import Method
 
 METHODS: Registry = Registry("method")
 
-from . import pcl, random_init  # noqa: E402  (registers the builders)
-from .pcl import PCL, PCLConfig, pose_negative_sets  # noqa: E402
+from . import byol, moco, pcl, random_init, simclr  # noqa: E402  (registers the builders)
+from .byol import BYOL, BYOLConfig  # noqa: E402
+from .moco import MoCo, MoCoConfig  # noqa: E402
+from .pcl import PCL, PCLConfig, ablation_label, pose_negative_sets  # noqa: E402
 from .random_init import RandomInit  # noqa: E402
+from .simclr import SimCLR, SimCLRConfig  # noqa: E402
 
-__all__ = ["METHODS", "Method", "PCL", "PCLConfig", "RandomInit", "pose_negative_sets"]
+__all__ = ["METHODS", "Method", "PCL", "PCLConfig", "RandomInit", "SimCLR", "SimCLRConfig", "MoCo", "MoCoConfig",
+           "BYOL", "BYOLConfig", "ablation_label", "pose_negative_sets"]

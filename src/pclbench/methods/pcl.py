@@ -23,6 +23,20 @@ Faithful / fixed switches (method doc 6, 7; the fixed behaviour is the default):
   first use every parameter gets an Adam update (zero gradient + coupled weight decay + momentum) in
   every step, also in steps that do not use it (2.7, bug 19); ``fixed`` = ``set_to_none=True``, so
   Adam skips the modules a step does not use.
+
+Ablations (the paper's ablation table, method doc 5.1; ``pcl.ablation``, every flag true = full PCL;
+one override file per variant in ``config/ablations/``):
+
+- ``pdd: false`` ("w/o PDD"): no pfe step at all, so no decoder, no reconstruction AND no L_orth
+  (L_orth is part of the PDD objective L_pfe, 2.4); the ``pfe`` batch stream is not drawn.
+- ``orth: false`` ("w/o L_orth"): L_pfe = w_rec * rec; L_orth is still computed and logged.
+- ``flip_swap: false`` ("w/o flip-swap"): only the same-image terms rec3 + rec4 (each image from
+  its own codes), not rescaled; rec1 and rec2 are not computed.
+- ``pose_step: false`` ("w/o pose CL"): no pose step, no ``pose`` stream; DWA has one task left,
+  so the face weight stays 1.
+- "w/o DWA" = ``pcl.dwa.enabled: false``; "w/o mixup" = ``pcl.neg_alpha: 0`` (existing keys).
+
+:func:`ablation_label` names a variant from its ``pcl`` section for the tables' footnotes.
 """
 from __future__ import annotations
 
@@ -31,9 +45,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConfigError, from_dict
+from ..distributed import all_gather_with_grad
 from ..losses import DifferenceLoss, DynamicWeightAverage, FaceContrastiveLoss, PoseContrastiveLoss
 from ..losses import flip_swap_reconstruction
 from ..models import ModelConfig, build_decoder, build_encoder_from_config, build_projection
@@ -53,6 +69,34 @@ class DWAConfig:
 
 
 @dataclass
+class AblationConfig:
+    """Section ``pcl.ablation``: which parts of PCL run (module docstring). All true = the paper's PCL."""
+
+    pdd: bool  # the pfe step: reconstruction + L_orth (2.1-2.4)
+    orth: bool  # L_orth inside L_pfe (2.3)
+    flip_swap: bool  # the cross terms rec1, rec2 of the reconstruction (2.2)
+    pose_step: bool  # the pose contrastive step (2.6)
+
+
+# Footnote names of the switched-off parts, in the paper's order (method doc 5.1).
+_ABLATION_NAMES = (("pdd", "w/o PDD"), ("orth", "w/o L_orth"), ("flip_swap", "w/o flip-swap"),
+                   ("pose_step", "w/o pose CL"))
+
+
+def ablation_label(pcl_section: Mapping[str, Any]) -> str:
+    """``"full"`` or the switched-off parts, e.g. ``"w/o PDD, w/o DWA"``, from a plain ``pcl`` section
+    (a checkpoint's config). A section without ``ablation`` (older runs) is the full method."""
+    abl = pcl_section.get("ablation") or {}
+    off = [name for key, name in _ABLATION_NAMES if abl.get(key, True) is False]
+    if (pcl_section.get("dwa") or {}).get("enabled", True) is False:
+        off.append("w/o DWA")
+    alpha = pcl_section.get("neg_alpha")
+    if alpha is not None and alpha <= 0:
+        off.append("w/o mixup")
+    return ", ".join(off) if off else "full"
+
+
+@dataclass
 class PCLConfig:
     """Section ``pcl``. Paper values (configs/remote_PCL_vox.yaml, 2.10) in brackets."""
 
@@ -65,6 +109,7 @@ class PCLConfig:
     pose_negatives: Literal["fixed", "faithful"]  # own flips (fixed) or the authors' chunking
     optimizer: Literal["fixed", "faithful"]  # zero_grad(set_to_none=True) (fixed) or =False
     dwa: DWAConfig
+    ablation: AblationConfig
 
     def __post_init__(self) -> None:
         for key in ("pose_batch", "n_negatives"):
@@ -130,10 +175,19 @@ class PCL(Method):
     # --- trainer interface ------------------------------------------------------------------------
 
     def batch_sizes(self, batch_size: int) -> dict[str, int]:
-        return {"pfe": batch_size, "face": batch_size, "pose": self.cfg.pose_batch}
+        sizes = {"pfe": batch_size, "face": batch_size, "pose": self.cfg.pose_batch}
+        if not self.cfg.ablation.pdd:
+            del sizes["pfe"]
+        if not self.cfg.ablation.pose_step:
+            del sizes["pose"]
+        return sizes
+
+    def _dwa_active(self) -> bool:
+        # DWA balances the two contrastive losses; with the pose step off only one is left (weight 1).
+        return self.cfg.dwa.enabled and self.cfg.ablation.pose_step
 
     def loss_weights(self, epoch: int) -> dict[str, float]:
-        if not self.cfg.dwa.enabled:
+        if not self._dwa_active():
             return {t: 1.0 for t in self._DWA_TASKS}
         return self.dwa.weights(epoch)
 
@@ -141,16 +195,20 @@ class PCL(Method):
                         scaler: torch.amp.GradScaler, epoch: int,
                         generator: torch.Generator) -> dict[str, Tensor]:
         w = self.loss_weights(epoch)
-        out = self.pfe_step(batches["pfe"], optimizer, scaler, generator)
+        out: dict[str, Tensor] = {}
+        if self.cfg.ablation.pdd:
+            out |= self.pfe_step(batches["pfe"], optimizer, scaler, generator)
         out |= self.face_step(batches["face"], w["face"], optimizer, scaler, generator)
-        out |= self.pose_step(batches["pose"], w["pose"], optimizer, scaler, generator)
-        dev = batches["pfe"].device
+        if self.cfg.ablation.pose_step:
+            out |= self.pose_step(batches["pose"], w["pose"], optimizer, scaler, generator)
+        dev = batches["face"].device
         out["w_face"] = torch.tensor(w["face"], device=dev)
-        out["w_pose"] = torch.tensor(w["pose"], device=dev)
+        if self.cfg.ablation.pose_step:
+            out["w_pose"] = torch.tensor(w["pose"], device=dev)
         return out
 
     def epoch_end(self, epoch: int, epoch_means: Mapping[str, float]) -> None:
-        if self.cfg.dwa.enabled:
+        if self._dwa_active():
             self.dwa.update(epoch, {"face": epoch_means["loss_face"], "pose": epoch_means["loss_pose"]})
 
     def extra_state(self) -> dict[str, Any]:
@@ -175,12 +233,20 @@ class PCL(Method):
             face, pose = face.flatten(1), pose.flatten(1)  # (2B, D)
             e_n, e_f = face[:b], face[b:]
             p_n, p_f = pose[:b], pose[b:]
-            orth = self.diff_loss(e_n, p_n) + self.diff_loss(e_f, p_f)
-            rec = flip_swap_reconstruction(self.decoder, e_n, p_n, e_f, p_f, x, x_flip)
-            loss = orth + self.cfg.recon_weight * rec["total"]
+            # L_orth is batch-coupled (centred over the batch, X^T Y): under DDP over the GLOBAL batch,
+            # as the authors' DataParallel computed it; identity with one process.
+            g = all_gather_with_grad
+            orth = self.diff_loss(g(e_n), g(p_n)) + self.diff_loss(g(e_f), g(p_f))
+            if self.cfg.ablation.flip_swap:
+                rec = flip_swap_reconstruction(self.decoder, e_n, p_n, e_f, p_f, x, x_flip)
+            else:  # ablation: each image from its own codes only (rec3, rec4)
+                rec = self_reconstruction(self.decoder, e_n, p_n, e_f, p_f, x, x_flip)
+            loss = self.cfg.recon_weight * rec["total"]
+            if self.cfg.ablation.orth:
+                loss = loss + orth
         self._step(loss, optimizer, scaler)
         return {"loss_pfe": loss.detach(), "loss_orth": orth.detach(),
-                **{f"loss_{k}": rec[k].detach() for k in ("rec1", "rec2", "rec3", "rec4")}}
+                **{f"loss_{k}": v.detach() for k, v in rec.items() if k != "total"}}
 
     def face_step(self, x: Tensor, weight: float, optimizer: torch.optim.Optimizer,
                   scaler: torch.amp.GradScaler, generator: torch.Generator) -> dict[str, Tensor]:
@@ -190,7 +256,10 @@ class PCL(Method):
         with self._autocast(x):
             trunk = self.encoder.forward_trunk(torch.cat([v1, v2], dim=0))  # (2B, C, h, w)
             z = self.exp_fc(self.encoder.forward_face(trunk).flatten(1))  # (2B, out_dim), one BN batch
-            ce = self.face_loss(z[:b], z[b:], generator)
+            # In-batch negatives over the GLOBAL batch under DDP (identity with one process); the
+            # gather scales gradients by the world size to cancel the trainer's averaging.
+            z1, z2 = all_gather_with_grad(z[:b]), all_gather_with_grad(z[b:])  # (W B, out_dim) each
+            ce = self.face_loss(z1, z2, generator)
             loss = weight * ce
         self._step(loss, optimizer, scaler)
         return {"loss_face": ce.detach()}
@@ -212,6 +281,23 @@ class PCL(Method):
         self._step(loss, optimizer, scaler)
         return {"loss_pose": ce.detach()}
 
+    @torch.no_grad()
+    def swap_grid(self, x: Tensor) -> Tensor:
+        """Flip-swap reconstructions of ``x (R, 3, H, W)`` in [0, 1] for a figure (method doc 2.2).
+
+        Returns ``(R, 6, 3, 64, 64)`` in [0, 1]: the image s, its flip s^, and the clean-input
+        decodings D(e_f + p_n), D(e_n + p_f), D(e_n + p_n), D(e_f + p_f) (targets s, s^, s, s^).
+        No noise is added: the figure shows what the codes of the clean images carry.
+        """
+        x = resize(x, self.img_size)  # (R, 3, 64, 64)
+        x_flip = x.flip(-1)
+        r = x.shape[0]
+        _, face, pose = self.encoder.forward_maps(torch.cat([x, x_flip], dim=0))  # (2R, C, h, w) each
+        face, pose = face.flatten(1).float(), pose.flatten(1).float()  # (2R, D)
+        e_n, e_f, p_n, p_f = face[:r], face[r:], pose[:r], pose[r:]
+        dec = [self.decoder(code).float().clamp(0, 1) for code in (e_f + p_n, e_n + p_f, e_n + p_n, e_f + p_f)]
+        return torch.stack([x, x_flip, *dec], dim=1)  # (R, 6, 3, 64, 64)
+
     # --- helpers ----------------------------------------------------------------------------------
 
     def _autocast(self, x: Tensor):
@@ -226,6 +312,15 @@ class PCL(Method):
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+
+
+def self_reconstruction(decoder: nn.Module, e_n: Tensor, p_n: Tensor, e_f: Tensor, p_f: Tensor,
+                        x: Tensor, x_flip: Tensor) -> dict[str, Tensor]:
+    """The "w/o flip-swap" ablation: only rec3 = |D(N(e_n + p_n)) - s|_1 and rec4 = |D(N(e_f + p_f)) - s^|_1
+    (2.2; the decoder applies N). ``e_*, p_* (B, D)``; returns ``{"rec3", "rec4", "total"}``."""
+    rec3 = F.l1_loss(decoder(e_n + p_n).float(), x.float())
+    rec4 = F.l1_loss(decoder(e_f + p_f).float(), x_flip.float())
+    return {"rec3": rec3, "rec4": rec4, "total": rec3 + rec4}
 
 
 @METHODS.register("pcl")

@@ -10,7 +10,8 @@ from typing import Any, Mapping
 from torch import nn
 
 from ..config import ConfigError, from_dict
-from .encoders import ENCODERS, FaceCycleEncoder, SelfAttention, ResidualBlock
+from .encoders import (ENCODERS, FaceCycleEncoder, ResidualBlock, ResNet18Encoder, ResNet50Encoder,
+                       ResNetEncoder, SelfAttention)
 from .heads import Decoder, ProjectionMLP
 
 
@@ -81,5 +82,5 @@ def build_decoder(cfg: ModelConfig, code_dim: int) -> Decoder:
 __all__ = [
     "ENCODERS", "build_encoder", "build_encoder_from_config", "build_projection", "build_decoder",
     "ModelConfig", "ProjectionConfig", "DecoderConfig", "FaceCycleEncoder", "SelfAttention",
-    "ResidualBlock", "ProjectionMLP", "Decoder",
+    "ResidualBlock", "ResNetEncoder", "ResNet18Encoder", "ResNet50Encoder", "ProjectionMLP", "Decoder",
 ]

@@ -82,8 +82,48 @@ def _down_size(size: int, n: int) -> int:
     return size
 
 
+class TrunkHeadsEncoder(nn.Module):
+    """The encoder interface PCL needs (method doc 1.1): a shared trunk, then a face-aware and a
+    pose-related head on the trunk's map. Subclasses define ``forward_trunk``, ``face_head`` and
+    ``pose_head``; the forward variants below are shared (timm-style ``forward_features``)."""
+
+    face_head: nn.Module
+    pose_head: nn.Module
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward_heads(self, trunk_map: Tensor) -> tuple[Tensor, Tensor]:
+        """Face-aware and pose-related head maps, each ``(B, C, S/16, S/16)``."""
+        return self.face_head(trunk_map), self.pose_head(trunk_map)
+
+    def forward_face(self, trunk_map: Tensor) -> Tensor:
+        """Face-aware head only (the face contrastive step does not need the pose head)."""
+        return self.face_head(trunk_map)
+
+    def forward_pose(self, trunk_map: Tensor) -> Tensor:
+        """Pose-related head only (the pose contrastive step does not need the face head)."""
+        return self.pose_head(trunk_map)
+
+    def forward_maps(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x (B, 3, S, S)`` in [0, 1] -> (trunk map, face map, pose map), each ``(B, C, S/16, S/16)``."""
+        t = self.forward_trunk(x)
+        f, p = self.forward_heads(t)
+        return t, f, p
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Like the authors' encoder: (trunk, face, pose), each flattened to ``(B, C * (S/16)^2)``."""
+        t, f, p = self.forward_maps(x)
+        return t.flatten(1), f.flatten(1), p.flatten(1)
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        """Flattened features for extraction: ``{"trunk": (B, Dt), "face": (B, D), "pose": (B, D)}``."""
+        t, f, p = self.forward(x)
+        return {"trunk": t, "face": f, "pose": p}
+
+
 @ENCODERS.register("facecycle")
-class FaceCycleEncoder(nn.Module):
+class FaceCycleEncoder(TrunkHeadsEncoder):
     """FaceCycleBackbone: shared trunk + face-aware head + pose-related head (method doc 1.1).
 
     Input ``x (B, 3, S, S)`` float in [0, 1], no mean/std normalisation (section 3). The trunk ends
@@ -144,34 +184,6 @@ class FaceCycleEncoder(nn.Module):
         x = self.layer2_2(x)  # (B, 2w, S/8, S/8)
         return self.layer3_1(x)  # (B, 2w, S/16, S/16)
 
-    def forward_heads(self, trunk_map: Tensor) -> tuple[Tensor, Tensor]:
-        """Face-aware and pose-related head maps, each ``(B, 2w, S/16, S/16)``."""
-        return self.face_head(trunk_map), self.pose_head(trunk_map)
-
-    def forward_face(self, trunk_map: Tensor) -> Tensor:
-        """Face-aware head only (the face contrastive step does not need the pose head)."""
-        return self.face_head(trunk_map)
-
-    def forward_pose(self, trunk_map: Tensor) -> Tensor:
-        """Pose-related head only (the pose contrastive step does not need the face head)."""
-        return self.pose_head(trunk_map)
-
-    def forward_maps(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``x (B, 3, S, S)`` in [0, 1] -> (trunk map, face map, pose map), all ``(B, 2w, S/16, S/16)``."""
-        t = self.forward_trunk(x)
-        f, p = self.forward_heads(t)
-        return t, f, p
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Like the authors' encoder: (trunk, face, pose), each flattened to ``(B, 2w * (S/16)^2)``."""
-        t, f, p = self.forward_maps(x)
-        return t.flatten(1), f.flatten(1), p.flatten(1)
-
-    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
-        """Flattened features for extraction: ``{"trunk": (B, Dt), "face": (B, D), "pose": (B, D)}``."""
-        t, f, p = self.forward(x)
-        return {"trunk": t, "face": f, "pose": p}
-
     def feature_dims(self, img_size: int) -> dict[str, int]:
         """Flattened feature sizes for square ``img_size`` inputs (64 -> 2048 at width 64; 1.1)."""
         if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
@@ -179,3 +191,99 @@ class FaceCycleEncoder(nn.Module):
         s = _down_size(img_size, 4)
         d = self.out_channels * s * s
         return {"trunk": d, "face": d, "pose": d}
+
+
+# --- torchvision ResNets with PCL's two heads ------------------------------------------------------
+
+RESNET_WIDTH = 64  # torchvision's fixed base width (conv1 channels); model.width must equal it
+
+
+def _stride_one(block: nn.Module) -> nn.Module:
+    """Set every stride-2 conv of a torchvision ``layer4`` to stride 1 (downsample 1x1 included).
+
+    The paper's heads keep the trunk's resolution (method doc 1.1: layer3_2_exp/pose are stride 1),
+    so the ResNet heads do too. 3x3 convs have padding 1 and 1x1 convs padding 0, so a stride-1
+    conv keeps the spatial size exactly; the parameter shapes do not change.
+    """
+    for m in block.modules():
+        if isinstance(m, nn.Conv2d) and m.stride != (1, 1):
+            m.stride = (1, 1)
+    return block
+
+
+class ResNetEncoder(TrunkHeadsEncoder):
+    """A torchvision ResNet split like PCL's encoder: shared trunk + face head + pose head.
+
+    - trunk = conv1, bn1, relu, maxpool, layer1, layer2, layer3 (stride 16: 64 px -> 4 x 4, like the
+      FaceCycle trunk's 4 stride-2 stages, method doc 1.1);
+    - face head and pose head = two independently initialised copies of the ResNet's ``layer4``
+      with its stride-2 convs set to stride 1 (:func:`_stride_one`), so both heads keep the trunk's
+      S/16 resolution like layer3_2_exp / layer3_2_pose. The classifier (avgpool, fc) is dropped:
+      features are the flattened maps, as for FaceCycle (so a projection MLP sees C * (S/16)^2 inputs).
+
+    torchvision's own init (``weights=None``: nothing is downloaded), BatchNorm kept (these are the
+    standard ResNets, not normalisation-free like FaceCycle). Input ``(B, 3, S, S)`` in [0, 1] without
+    mean/std normalisation, the same input contract as :class:`FaceCycleEncoder`.
+    ``width`` is accepted because ``model.width`` is passed to every encoder; it must be
+    :data:`RESNET_WIDTH` (64), the ResNets' fixed base width.
+    """
+
+    arch = ""  # torchvision builder name, set by the registered subclasses
+    trunk_channels = 0  # layer3 output channels
+    head_channels = 0  # layer4 output channels
+
+    def __init__(self, width: int):
+        super().__init__()
+        from ..config import ConfigError
+
+        if isinstance(width, bool) or not isinstance(width, int) or width != RESNET_WIDTH:
+            raise ConfigError(f"model.width: encoder {self.arch!r} has torchvision's fixed base width "
+                              f"{RESNET_WIDTH}; set model.width: {RESNET_WIDTH} (got {width!r})")
+        import torchvision.models as tvm
+
+        build = getattr(tvm, self.arch)
+        net = build(weights=None)
+        self.width = width
+        self.spec = {"name": self.arch, "kwargs": {"width": width}}
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
+        self.face_head = _stride_one(net.layer4)
+        # A second network gives the pose head its own random init (a deepcopy would start both heads
+        # identical, and the orthogonality loss of 2.3 would start from a degenerate point).
+        self.pose_head = _stride_one(build(weights=None).layer4)
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        """Shared trunk (stem .. layer3): ``(B, 3, S, S) -> (B, C3, S/16, S/16)``."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"{type(self).__name__}: expected input (B, 3, H, W), got {tuple(x.shape)}")
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, S/4, S/4)
+        x = self.layer1(x)  # (B, C1, S/4, S/4)
+        x = self.layer2(x)  # (B, C2, S/8, S/8)
+        return self.layer3(x)  # (B, C3, S/16, S/16)
+
+    def feature_dims(self, img_size: int) -> dict[str, int]:
+        """Flattened sizes: 4 stride-2 stages (7x7 conv, 3x3 max-pool, layer2, layer3; all 'same' padded)."""
+        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+            raise ValueError(f"{type(self).__name__}.feature_dims: img_size must be a positive int, "
+                             f"got {img_size!r}")
+        s = _down_size(img_size, 4)
+        return {"trunk": self.trunk_channels * s * s, "face": self.head_channels * s * s,
+                "pose": self.head_channels * s * s}
+
+
+@ENCODERS.register("resnet18")
+class ResNet18Encoder(ResNetEncoder):
+    """torchvision resnet18 (BasicBlocks): trunk 256 x S/16 x S/16, heads 512 x S/16 x S/16."""
+
+    arch = "resnet18"
+    trunk_channels = 256
+    head_channels = 512
+
+
+@ENCODERS.register("resnet50")
+class ResNet50Encoder(ResNetEncoder):
+    """torchvision resnet50 (Bottlenecks, v1.5): trunk 1024 x S/16 x S/16, heads 2048 x S/16 x S/16."""
+
+    arch = "resnet50"
+    trunk_channels = 1024
+    head_channels = 2048
