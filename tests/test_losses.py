@@ -293,6 +293,24 @@ def test_flip_swap_pairs_the_swapped_codes_with_the_right_targets():
     assert out["rec3"].item() > 1e-2 and out["rec4"].item() > 1e-2
 
 
+def test_flip_swap_reconstruction_subset_of_terms():
+    """The "w/o flip-swap" ablation's terms=("rec3", "rec4") equal those terms of the full loss."""
+    torch.manual_seed(9)
+    dec = CountingDecoder(Decoder(10, 8, [4, 4, 4, 4, 4]).eval())
+    e_n, p_n, e_f, p_f = (torch.randn(3, 10) for _ in range(4))
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        full = flip_swap_reconstruction(dec, e_n, p_n, e_f, p_f, x, x.flip(-1))
+        dec.batches.clear()
+        own = flip_swap_reconstruction(dec, e_n, p_n, e_f, p_f, x, x.flip(-1), terms=("rec3", "rec4"))
+    assert set(own) == {"rec3", "rec4", "total"} and dec.batches == [3, 3]
+    for k in ("rec3", "rec4"):
+        assert torch.equal(own[k], full[k])
+    assert own["total"].item() == pytest.approx(full["rec3"].item() + full["rec4"].item(), rel=1e-6)
+    with pytest.raises(ValueError, match="rec5"):
+        flip_swap_reconstruction(dec, e_n, p_n, e_f, p_f, x, x.flip(-1), terms=("rec3", "rec5"))
+
+
 def test_flip_swap_reconstruction_size_mismatch():
     dec = Decoder(10, 8, [4, 4, 4, 4, 4])
     codes = [torch.randn(2, 10) for _ in range(4)]

@@ -5,11 +5,11 @@ from .difference import DifferenceLoss, difference_loss
 from .dwa import DynamicWeightAverage
 from .info_nce import (FaceContrastiveLoss, PoseContrastiveLoss, draw_mixup, face_contrastive_loss,
                        info_nce_with_negatives, mix_negatives, pose_contrastive_loss, sample_beta)
-from .reconstruction import FlipSwapReconstructionLoss, flip_swap_reconstruction
+from .reconstruction import FLIP_SWAP_TERMS, FlipSwapReconstructionLoss, flip_swap_reconstruction
 
 __all__ = [
     "DifferenceLoss", "difference_loss", "DynamicWeightAverage", "FaceContrastiveLoss",
     "PoseContrastiveLoss", "draw_mixup", "face_contrastive_loss", "info_nce_with_negatives",
     "mix_negatives", "pose_contrastive_loss", "sample_beta", "FlipSwapReconstructionLoss",
-    "flip_swap_reconstruction",
+    "flip_swap_reconstruction", "FLIP_SWAP_TERMS",
 ]

@@ -19,13 +19,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+# term -> (face code, pose code, target): "n" = the image s, "f" = its flip s^ (the table above).
+FLIP_SWAP_TERMS: dict[str, tuple[str, str, str]] = {
+    "rec1": ("e_f", "p_n", "s"),
+    "rec2": ("e_n", "p_f", "s_hat"),
+    "rec3": ("e_n", "p_n", "s"),
+    "rec4": ("e_f", "p_f", "s_hat"),
+}
+
+
 def flip_swap_reconstruction(decoder: nn.Module, e_n: Tensor, p_n: Tensor, e_f: Tensor, p_f: Tensor,
-                             x: Tensor, x_flip: Tensor) -> dict[str, Tensor]:
-    """Return ``{"rec1", "rec2", "rec3", "rec4", "total"}``, ``total`` = the unweighted sum.
+                             x: Tensor, x_flip: Tensor,
+                             terms: tuple[str, ...] = tuple(FLIP_SWAP_TERMS)) -> dict[str, Tensor]:
+    """Return ``{<term>: L1, ..., "total"}`` for ``terms`` (default all four), ``total`` = their sum.
 
     ``e_*, p_* (B, D)`` (or head maps, flattened here); ``x, x_flip (B, 3, 64, 64)`` clean, in [0, 1]
     and of the decoder's output size (resize them first when pretraining at another size).
+    ``terms=("rec3", "rec4")`` is the "w/o flip-swap" ablation: each image from its own codes only.
     """
+    unknown = [t for t in terms if t not in FLIP_SWAP_TERMS]
+    if unknown or not terms:
+        raise ValueError(f"flip_swap_reconstruction: terms must be a non-empty subset of "
+                         f"{list(FLIP_SWAP_TERMS)}, got {list(terms)}")
     codes = {"e_n": e_n, "p_n": p_n, "e_f": e_f, "p_f": p_f}
     shapes = {k: tuple(v.flatten(1).shape) for k, v in codes.items()}
     if len(set(shapes.values())) != 1:
@@ -33,16 +48,18 @@ def flip_swap_reconstruction(decoder: nn.Module, e_n: Tensor, p_n: Tensor, e_f: 
     if x.shape != x_flip.shape or x.dim() != 4 or x.shape[0] != e_n.shape[0]:
         raise ValueError(f"flip_swap_reconstruction: x and x_flip must be (B, 3, H, W) with B = "
                          f"{e_n.shape[0]}, got {tuple(x.shape)} and {tuple(x_flip.shape)}")
-    e_n, p_n, e_f, p_f = (v.flatten(1) for v in (e_n, p_n, e_f, p_f))
+    codes = {k: v.flatten(1) for k, v in codes.items()}  # (B, D) each
+    targets = {"s": x, "s_hat": x_flip}
     out: dict[str, Tensor] = {}
-    for name, code, target in (("rec1", e_f + p_n, x), ("rec2", e_n + p_f, x_flip),
-                               ("rec3", e_n + p_n, x), ("rec4", e_f + p_f, x_flip)):
-        recon = decoder(code)  # (B, 3, 64, 64) in [-1, 1]
+    for name in terms:
+        face, pose, target_name = FLIP_SWAP_TERMS[name]
+        target = targets[target_name]
+        recon = decoder(codes[face] + codes[pose])  # (B, 3, 64, 64) in [-1, 1]
         if recon.shape != target.shape:
             raise ValueError(f"flip_swap_reconstruction: decoder output {tuple(recon.shape)} does not match "
                              f"the target images {tuple(target.shape)}; resize the targets to the decoder size")
         out[name] = F.l1_loss(recon.float(), target.float())
-    out["total"] = out["rec1"] + out["rec2"] + out["rec3"] + out["rec4"]
+    out["total"] = sum(out[name] for name in terms)
     return out
 
 

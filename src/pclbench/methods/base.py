@@ -6,6 +6,7 @@ its networks, its losses and its optimiser steps. PCL makes three optimiser step
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Mapping
 
 import torch
@@ -53,6 +54,21 @@ class Method(nn.Module):
         ``generator`` lives on the training device and drives every random view / noise draw.
         """
         raise NotImplementedError
+
+    def _autocast(self, x: Tensor):
+        """Autocast context for the forward passes on ``x``'s device (none when ``amp_dtype`` is None)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=x.device.type, dtype=self.amp_dtype)
+
+    def _step(self, loss: Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+              set_to_none: bool = True) -> None:
+        """One optimiser step on ``loss``. ``set_to_none=True`` frees the previous gradients, so
+        parameters this loss does not reach are skipped by the optimiser."""
+        optimizer.zero_grad(set_to_none=set_to_none)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     def epoch_end(self, epoch: int, epoch_means: Mapping[str, float]) -> None:
         """Called after each epoch with the epoch means of the logged values (DWA update)."""

@@ -40,18 +40,16 @@ one override file per variant in ``config/ablations/``):
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConfigError, from_dict
 from ..distributed import all_gather_with_grad
 from ..losses import DifferenceLoss, DynamicWeightAverage, FaceContrastiveLoss, PoseContrastiveLoss
-from ..losses import flip_swap_reconstruction
+from ..losses import FLIP_SWAP_TERMS, flip_swap_reconstruction
 from ..models import ModelConfig, build_decoder, build_encoder_from_config, build_projection
 from ..models.heads import Decoder
 from ..views import ViewConfig, add_noise, face_views, pose_views, resize
@@ -237,10 +235,9 @@ class PCL(Method):
             # as the authors' DataParallel computed it; identity with one process.
             g = all_gather_with_grad
             orth = self.diff_loss(g(e_n), g(p_n)) + self.diff_loss(g(e_f), g(p_f))
-            if self.cfg.ablation.flip_swap:
-                rec = flip_swap_reconstruction(self.decoder, e_n, p_n, e_f, p_f, x, x_flip)
-            else:  # ablation: each image from its own codes only (rec3, rec4)
-                rec = self_reconstruction(self.decoder, e_n, p_n, e_f, p_f, x, x_flip)
+            # ablation "w/o flip-swap": each image from its own codes only (rec3, rec4)
+            terms = tuple(FLIP_SWAP_TERMS) if self.cfg.ablation.flip_swap else ("rec3", "rec4")
+            rec = flip_swap_reconstruction(self.decoder, e_n, p_n, e_f, p_f, x, x_flip, terms=terms)
             loss = self.cfg.recon_weight * rec["total"]
             if self.cfg.ablation.orth:
                 loss = loss + orth
@@ -294,33 +291,17 @@ class PCL(Method):
         r = x.shape[0]
         _, face, pose = self.encoder.forward_maps(torch.cat([x, x_flip], dim=0))  # (2R, C, h, w) each
         face, pose = face.flatten(1).float(), pose.flatten(1).float()  # (2R, D)
-        e_n, e_f, p_n, p_f = face[:r], face[r:], pose[:r], pose[r:]
-        dec = [self.decoder(code).float().clamp(0, 1) for code in (e_f + p_n, e_n + p_f, e_n + p_n, e_f + p_f)]
+        codes = {"e_n": face[:r], "e_f": face[r:], "p_n": pose[:r], "p_f": pose[r:]}
+        dec = [self.decoder(codes[f] + codes[p]).float().clamp(0, 1)
+               for f, p, _ in FLIP_SWAP_TERMS.values()]  # rec1..rec4 order
         return torch.stack([x, x_flip, *dec], dim=1)  # (R, 6, 3, 64, 64)
 
     # --- helpers ----------------------------------------------------------------------------------
 
-    def _autocast(self, x: Tensor):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=x.device.type, dtype=self.amp_dtype)
-
     def _step(self, loss: Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         # faithful (torch 1.7 semantics): grads that exist are zeroed, not freed, so Adam updates the
         # parameter anyway; fixed: freed, so Adam skips parameters this step does not reach.
-        optimizer.zero_grad(set_to_none=self.cfg.optimizer == "fixed")
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-
-def self_reconstruction(decoder: nn.Module, e_n: Tensor, p_n: Tensor, e_f: Tensor, p_f: Tensor,
-                        x: Tensor, x_flip: Tensor) -> dict[str, Tensor]:
-    """The "w/o flip-swap" ablation: only rec3 = |D(N(e_n + p_n)) - s|_1 and rec4 = |D(N(e_f + p_f)) - s^|_1
-    (2.2; the decoder applies N). ``e_*, p_* (B, D)``; returns ``{"rec3", "rec4", "total"}``."""
-    rec3 = F.l1_loss(decoder(e_n + p_n).float(), x.float())
-    rec4 = F.l1_loss(decoder(e_f + p_f).float(), x_flip.float())
-    return {"rec3": rec3, "rec4": rec4, "total": rec3 + rec4}
+        super()._step(loss, optimizer, scaler, set_to_none=self.cfg.optimizer == "fixed")
 
 
 @METHODS.register("pcl")

@@ -14,7 +14,6 @@ Distributed training: in-batch negatives / keys from other ranks pass through :f
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Mapping
 
 import torch
@@ -82,13 +81,3 @@ class TwoViewMethod(Method):
     def trunk_features(encoder: nn.Module, x: Tensor) -> Tensor:
         return encoder.forward_trunk(x).flatten(1)  # (N, 2w (S/16)^2)
 
-    def _autocast(self, x: Tensor):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=x.device.type, dtype=self.amp_dtype)
-
-    def _step(self, loss: Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
