@@ -120,8 +120,9 @@ def make_shard(out: Path, n_videos: int, frames: int, size: int, seed: int) -> P
 
 
 class PrecomputedViews:
-    """Feeds precomputed views to PCL's steps: while active, ``pclbench.methods.pcl.face_views`` /
-    ``pose_views`` return ``self.face`` / ``self.pose`` instead of computing views on the device.
+    """Feeds precomputed views to PCL's steps: while active, ``pclbench.methods.pcl.apply_face_views`` /
+    ``apply_pose_views`` return ``self.face`` / ``self.pose`` instead of computing views on the device
+    (the steps still draw the views' random parameters: a few (N,) vectors, negligible).
     ``calls`` counts the swaps, so a change in pcl.py that bypasses them is detected, not mis-timed."""
 
     def __init__(self):
@@ -129,25 +130,25 @@ class PrecomputedViews:
         self.pose: tuple[torch.Tensor, torch.Tensor] | None = None
         self.calls = {"face": 0, "pose": 0}
 
-    def _face(self, x, cfg, out_size, generator):
+    def _face(self, x, draws, cfg, out_size):
         self.calls["face"] += 1
         return self.face
 
-    def _pose(self, x, n_neg, cfg, out_size, generator):
+    def _pose(self, x, n_neg, draws, cfg, out_size):
         self.calls["pose"] += 1
         return self.pose
 
     @contextlib.contextmanager
     def active(self) -> Iterator["PrecomputedViews"]:
-        with mock.patch.object(pcl_module, "face_views", self._face), \
-                mock.patch.object(pcl_module, "pose_views", self._pose):
+        with mock.patch.object(pcl_module, "apply_face_views", self._face), \
+                mock.patch.object(pcl_module, "apply_pose_views", self._pose):
             yield self
 
     def check(self, expected: int) -> None:
         if self.calls != {"face": expected, "pose": expected}:
             raise RuntimeError(f"reference path: PCL's steps called the view functions {self.calls} times, "
-                               f"expected {expected} each: pclbench.methods.pcl no longer calls face_views / "
-                               "pose_views by module name; update PrecomputedViews in benchmarks/train_step.py")
+                               f"expected {expected} each: pclbench.methods.pcl no longer calls apply_face_views / "
+                               "apply_pose_views by module name; update PrecomputedViews in benchmarks/train_step.py")
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -168,11 +169,31 @@ def reference_batches(raw: dict, device: torch.device, channels_last: bool) -> t
     return {"pfe": normal, "face": v1, "pose": pos[:, 0]}, (v1, v2), (pos, neg)
 
 
-def compile_method(method: torch.nn.Module) -> None:
-    """torch.compile every module the steps call: the encoder's stages (the steps call
-    forward_trunk / forward_face / forward_pose, not forward), the projections and the decoder."""
-    for m in [*method.encoder.children(), method.exp_fc, method.pose_fc, method.decoder]:
-        m.compile()
+def profile_iterations(method, batches: dict, opt, scaler, gen, device: torch.device, out: Path,
+                       n: int = 2, top: int = 25) -> list[dict]:
+    """torch.profiler over ``n`` full iterations on fixed batches (not timed: the profiler adds
+    overhead). Writes the operator table to ``out``; returns the ``top`` operators by self time on
+    the device (CPU time on a CPU), in ms per iteration."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(n):
+            with record_function("step_pfe"):
+                method.pfe_step(batches["pfe"], opt, scaler, gen)
+            with record_function("step_face"):
+                method.face_step(batches["face"], 1.0, opt, scaler, gen)
+            with record_function("step_pose"):
+                method.pose_step(batches["pose"], 1.0, opt, scaler, gen)
+        sync(device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=60)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table)
+    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
+    return [{"op": e.key, "self_ms_per_iteration": getattr(e, key) / 1e3 / n, "calls_per_iteration": e.count / n}
+            for e in rows]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -188,7 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override pretrain.device")
     ap.add_argument("--amp", choices=["on", "off"], help="override pretrain.amp (bf16 autocast, CUDA only)")
     ap.add_argument("--channels-last", action="store_true", help="model and 4-d inputs in channels_last")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the encoder stages, projections, decoder")
+    ap.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                    help="torch.compile the networks the steps call (Method.compile_modules) with this mode "
+                         "(default: 'default'; e.g. reduce-overhead for CUDA graphs)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: pretrain.num_threads)")
     ap.add_argument("--workers", type=int, help="DataLoader workers per reference loader (default 6: the "
                                                 "authors' num_workers = num_threads, 2.10, 3.4)")
@@ -196,6 +219,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, help="untimed iterations first (default 1)")
     ap.add_argument("--repeats", type=int, help="timed repetitions of each measurement (default 3)")
     ap.add_argument("--out", type=Path, default=None, help="JSON output (default: stdout only)")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="also run torch.profiler over 2 iterations of our path and write its operator table "
+                         "(sorted by device self time) to this text file; the top operators go into the JSON")
     args = ap.parse_args(argv)
     if args.ci:
         for key, value in CI_SIZES.items():
@@ -229,9 +255,11 @@ def main(argv: list[str] | None = None) -> dict:
         method.to(memory_format=torch.channels_last)
     method.amp_dtype = torch.bfloat16 if (pcfg.amp and device.type == "cuda") else None
     if args.compile:
-        compile_method(method)
+        method.compile_modules(mode=args.compile)
     method.train()
-    opt = torch.optim.Adam(method.parameters(), lr=pcfg.lr, betas=tuple(pcfg.betas), weight_decay=pcfg.weight_decay)
+    # as pclbench.train: the fused (single-kernel) Adam on CUDA
+    opt = torch.optim.Adam(method.parameters(), lr=pcfg.lr, betas=tuple(pcfg.betas), weight_decay=pcfg.weight_decay,
+                           fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     gen = torch.Generator(device=device).manual_seed(0)
     if set(method.batch_sizes(pcfg.batch_size)) != {"pfe", "face", "pose"}:
@@ -292,6 +320,8 @@ def main(argv: list[str] | None = None) -> dict:
             "pose": summary(timed(lambda: method.pose_step(fixed["pose"], 1.0, opt, scaler, gen), device, repeats)),
         }
         ours["peak_memory_bytes"] = peak_memory(device)
+        if args.profile is not None:
+            ours["profile_top_ops"] = profile_iterations(method, fixed, opt, scaler, gen, device, args.profile)
         ours["data_path"] = ("uint8 memmap shard -> BatchLoader (1 prefetch thread, pinned copy) -> "
                              "on-device batched views (pclbench.views)")
 
@@ -348,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
         "amp": method.amp_dtype is not None,
         "amp_dtype": str(method.amp_dtype) if method.amp_dtype else None,
         "channels_last": bool(args.channels_last),
-        "compile": bool(args.compile),
+        "compile": args.compile or "off",
         "warmup": warmup,
         "repeats": repeats,
         "sizes": {"width": cfg["model"]["width"], "batch_size": b, "pose_batch": p, "n_negatives": k,

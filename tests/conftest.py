@@ -22,3 +22,14 @@ def default_config() -> dict:
     from pclbench.cli import load_config
 
     return load_config([ROOT / "config" / "config.yaml"])
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Tiny tensors: one thread avoids contention with other test processes; restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

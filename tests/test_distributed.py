@@ -45,7 +45,7 @@ def _free_port() -> int:
 # --- the worker cases (run in every rank, and in the parent with world 1 as the reference) -------
 
 
-def _deterministic_face_views(x, views, size, generator):
+def _deterministic_face_views(x, draws, views, size):
     v = resize(x, size)
     return v, (v * 0.8 + 0.1).flip(-1)  # two different, fixed views
 
@@ -62,7 +62,7 @@ def _tiny_pcl() -> PCL:
 
 def case_steps(rank: int, world: int) -> dict:
     """pfe and face steps of PCL on this rank's slice; the gradients the optimiser would see."""
-    pcl_module.face_views = _deterministic_face_views  # in this process only (spawned or restored)
+    pcl_module.apply_face_views = _deterministic_face_views  # in this process only (spawned or restored)
     net = _tiny_pcl()
     x = torch.rand(GLOBAL_BATCH, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     b = GLOBAL_BATCH // world
@@ -202,7 +202,7 @@ def test_two_ranks_equal_one_process_on_the_global_batch(spawned, monkeypatch):
     """Losses and averaged gradients of the pfe and face steps (gathered negatives) equal one
     process on the same global batch."""
     got = _results(spawned, "steps")
-    monkeypatch.setattr(pcl_module, "face_views", pcl_module.face_views)  # restored after case_steps
+    monkeypatch.setattr(pcl_module, "apply_face_views", pcl_module.apply_face_views)  # restored after case_steps
     ref = case_steps(0, 1)
     # pfe: local means; their average is the global mean
     assert torch.allclose((got[0]["pfe"] + got[1]["pfe"]) / 2, ref["pfe"], atol=1e-5)

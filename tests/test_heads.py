@@ -93,3 +93,27 @@ def test_builders_from_config():
         _, f, p = enc(torch.rand(4, 3, 64, 64))
         assert proj(f).shape == (4, 8)
         assert dec(f + p).shape == (4, 3, 64, 64)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1), (2, 5, 2, 3), (3, 4, 7, 5), (2, 8, 16, 16)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample2x_equals_torch_bilinear(shape, channels_last):
+    """The decoder's shift-and-add upsampling is nn.Upsample(x2, bilinear, align_corners=False),
+    values and gradients, including the 1 px input of the first stage and channels_last inputs."""
+    from pclbench.models.heads import upsample2x_bilinear
+
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, dtype=torch.float64, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    ours = upsample2x_bilinear(x)
+    ref = nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    w = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    (g_ours,) = torch.autograd.grad((ours * w).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=1e-12)
+    if channels_last and shape[2] * shape[3] > 1:
+        assert ours.is_contiguous(memory_format=torch.channels_last)

@@ -171,9 +171,9 @@ def test_pose_step_feeds_the_loss_the_configured_negative_sets(mode):
     method.pose_fc.register_forward_hook(lambda m, a, o: seen.__setitem__("z", o.detach()))
     loss_forward = method.pose_loss.forward
 
-    def spy(z_pos, z_neg, generator=None):
+    def spy(z_pos, z_neg, generator=None, draws=None):
         seen["z_pos"], seen["z_neg"] = z_pos.detach(), z_neg.detach()
-        return loss_forward(z_pos, z_neg, generator)
+        return loss_forward(z_pos, z_neg, generator, draws)
 
     method.pose_loss.forward = spy
     x = torch.rand(p, 3, 64, 64)
@@ -240,7 +240,7 @@ def test_config_errors_name_the_key():
 
 
 # ---------------------------------------------------------------------------------------------
-# ablations (pcl.ablation, dwa.enabled, neg_alpha; config/ablations/*.yaml)
+# ablations (pcl.ablation, dwa.enabled, neg_alpha; the `variants` of config.yaml)
 
 
 def ablated(**flags):
@@ -303,17 +303,35 @@ def test_ablation_without_mixup_feeds_unmixed_negatives():
         float(mixed.face_loss(z1, z2, torch.Generator().manual_seed(1)))
 
 
-@pytest.mark.parametrize("variant, label", [("no_pdd", "w/o PDD"), ("no_orth", "w/o L_orth"),
-                                            ("no_flip_swap", "w/o flip-swap"), ("no_pose", "w/o pose CL"),
-                                            ("no_dwa", "w/o DWA"), ("no_mixup", "w/o mixup")])
-def test_ablation_override_files_name_their_variant(repo_root, variant, label):
+@pytest.mark.parametrize("variant, label", [("pcl_wo_pdd", "w/o PDD"), ("pcl_wo_orth", "w/o L_orth"),
+                                            ("pcl_wo_flip_swap", "w/o flip-swap"), ("pcl_wo_pose_cl", "w/o pose CL"),
+                                            ("pcl_wo_dwa", "w/o DWA"), ("pcl_wo_mixup", "w/o mixup")])
+def test_ablation_variants_name_their_variant(repo_root, variant, label):
+    """config `variants`: each ablation row changes exactly one setting of the pcl section, and the
+    tables' footnote name (ablation_label) of the merged section is the paper's."""
     from pclbench.cli import load_config
+    from pclbench.config import deep_merge
 
     base = load_config([repo_root / "config" / "config.yaml"])
-    cfg = load_config([repo_root / "config" / "config.yaml", repo_root / "config" / "ablations" / f"{variant}.yaml"])
-    assert ablation_label(base["pcl"]) == "full" and ablation_label(cfg["pcl"]) == label
-    PCLConfig.from_config(cfg["pcl"])  # a valid section
-    # the override changes exactly one setting of the pcl section
-    diff = [k for k in cfg["pcl"] if cfg["pcl"][k] != base["pcl"][k]]
+    v = base["variants"][variant]
+    assert v["method"] == "pcl" and set(v["overrides"]) == {"pcl"}
+    pcl = deep_merge(base["pcl"], v["overrides"]["pcl"])
+    assert ablation_label(base["pcl"]) == "full" and ablation_label(pcl) == label
+    PCLConfig.from_config(pcl)  # a valid section
+    diff = [k for k in pcl if pcl[k] != base["pcl"][k]]
     assert len(diff) == 1
-    assert ablation_label({k: v for k, v in cfg["pcl"].items() if k != "ablation"}) in ("full", label)
+    assert ablation_label({k: x for k, x in pcl.items() if k != "ablation"}) in ("full", label)
+
+
+def test_faithful_variant_switches_every_faithful_option(repo_root):
+    from pclbench.cli import load_config
+    from pclbench.config import deep_merge
+
+    base = load_config([repo_root / "config" / "config.yaml"])
+    o = base["variants"]["pcl_faithful"]["overrides"]
+    assert deep_merge(base["pcl"], o["pcl"])["pose_negatives"] == "faithful"
+    assert deep_merge(base["pcl"], o["pcl"])["optimizer"] == "faithful"
+    assert deep_merge(base["views"], o["views"])["sobel_overflow"] == "faithful"
+    # the default is the fixed behaviour everywhere
+    assert (base["pcl"]["pose_negatives"], base["pcl"]["optimizer"], base["views"]["sobel_overflow"]) == \
+        ("fixed", "fixed", "fixed")

@@ -1,34 +1,81 @@
-"""Comparison tables from fake probe results: rows, "not run" cells, directions, provenance notes."""
+"""Comparison tables from hand-made probe results in the contract format (docs/architecture.md):
+mean +- std (n) cells, published numbers and differences, "not run" cells with their reason, LaTeX
+structure, the ablation rows, summary and metrics.json, the published-results schema."""
 from __future__ import annotations
 
 import csv
+import json
+import re
+from pathlib import Path
 
 import pytest
+import yaml
 
-from pclbench.tables import NOT_RUN, build_tables
+from pclbench.config import ConfigError
+from pclbench.tables import NOT_RUN, build_tables, latex_escape, load_published, normalise_probe
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLES = {"primary_readout": "trunk", "decimals": 2,
+          "metrics": {"expression": ["accuracy_pct", "mean_class_accuracy_pct"], "verification": ["accuracy_pct"],
+                      "au": ["mean_f1_pct"], "pose": ["mae_yaw_deg", "mae_mean_deg"]},
+          "published": "unused.yaml"}
+BENCHMARKS = {"synth_expression": {"task": "expression"}, "raf_db": {"task": "expression"},
+              "lfw": {"task": "verification"}, "synth_pose": {"task": "pose"}}
+CONFIG = {"tables": TABLES, "benchmarks": BENCHMARKS,
+          "workflow": {"methods": ["random", "pcl", "pcl_wo_pdd"],
+                       "benchmarks": ["synth_expression", "raf_db", "lfw", "synth_pose"]}}
 
 
-def result(task, method, metrics, seed=0, readout="trunk", **extra):
-    return {"task": task, "method": method, "dataset": f"synth_{task}", "readout": readout,
-            "protocol": "validation-selected", "metrics": metrics, "seed": seed,
-            "method_info": {"pose_negatives": "fixed", "optimizer": "faithful", "noise_std": 0.4,
-                            "dwa": {"enabled": True}} if method == "pcl" else None, "source": f"{method}/{task}.json",
-            **extra}
+def stat(mean, std, n=3):
+    return {"mean": mean, "std": std, "n": n}
 
 
-RESULTS = [
-    result("expression", "pcl", {"accuracy_pct": 80.0, "mean_class_accuracy_pct": 70.0}),
-    result("expression", "simclr", {"accuracy_pct": 75.0, "mean_class_accuracy_pct": 72.0}),
-    result("pose", "pcl", {"mae_yaw_deg": 5.0, "mae_pitch_deg": 6.0, "mae_roll_deg": 4.0, "mae_mean_deg": 5.0}),
-    result("pose", "simclr", {"mae_yaw_deg": 4.0, "mae_pitch_deg": 7.0, "mae_roll_deg": 5.0,
-                              "mae_mean_deg": 16 / 3}),
-    result("au", "pcl", {"mean_f1_pct": 50.0}, per_au={"AU1": {"f1_pct": 40.0}, "AU12": {"f1_pct": None}}),
-    result("verification", "pcl", {"accuracy_mean_pct": 90.0, "accuracy_std_pct": 1.0}, seed=0),
-    result("verification", "pcl", {"accuracy_mean_pct": 92.0, "accuracy_std_pct": 1.0}, seed=1),
+def probe(method, benchmark, task, summary, primary, higher=True, ablation="full", protocol="clean",
+          std_over="seeds"):
+    info = {"method": "pcl", "variant": {"pose_negatives": "fixed", "optimizer": "faithful"}, "ablation": ablation} \
+        if method.startswith("pcl") else {"method": method}
+    return {"benchmark": benchmark, "task": task, "method": method,
+            "datasets": {"train": f"{benchmark}/train", "test": f"{benchmark}/test"}, "protocol": protocol,
+            "readouts": list(summary), "seeds": [3456, 3457, 3458], "runs": [], "summary": summary,
+            "std_over": std_over, "primary_metric": primary, "higher_is_better": higher, "method_info": info,
+            "provenance": {}}
+
+
+PROBES = [
+    probe("pcl", "synth_expression", "expression",
+          {"trunk": {"accuracy_pct": stat(80.0, 1.0), "mean_class_accuracy_pct": stat(70.0, 2.0)},
+           "face": {"accuracy_pct": stat(85.0, 0.5), "mean_class_accuracy_pct": stat(75.0, 0.25)}}, "accuracy_pct"),
+    probe("random", "synth_expression", "expression",
+          {"trunk": {"accuracy_pct": stat(50.0, 0.0), "mean_class_accuracy_pct": stat(40.0, 0.0)}}, "accuracy_pct"),
+    probe("pcl_wo_pdd", "synth_expression", "expression",
+          {"trunk": {"accuracy_pct": stat(77.5, 1.5), "mean_class_accuracy_pct": stat(66.0, 1.0)}}, "accuracy_pct",
+          ablation="w/o PDD, w/o DWA"),
+    probe("pcl", "raf_db", "expression",
+          {"trunk": {"accuracy_pct": stat(72.0, 0.5), "mean_class_accuracy_pct": stat(60.0, 0.5)}}, "accuracy_pct",
+          protocol="paper"),
+    probe("pcl", "synth_pose", "pose",
+          {"trunk": {"mae_yaw_deg": stat(5.0, 0.1), "mae_mean_deg": stat(6.0, 0.2)}}, "mae_mean_deg", higher=False),
+    probe("random", "synth_pose", "pose",
+          {"trunk": {"mae_yaw_deg": stat(9.0, 0.3), "mae_mean_deg": stat(10.0, 0.4)}}, "mae_mean_deg", higher=False),
 ]
-CONFIG = {"workflow": {"tasks": ["expression", "verification", "au", "pose"],
-                       "methods": ["pcl", "simclr", "moco"]},
-          "tasks": {"expression": {}, "verification": {}, "au": {}, "pose": {}}}
+NOT_RUN_REASON = "manual dataset lfw is not under data/sources/lfw"
+PUBLISHED = {
+    "sources": {"paper": {"title": "A paper", "url": "https://example.org", "where": "Table 2"},
+                "readme": {"title": "A README", "where": "results section"}},
+    "columns": {"RAF-DB": {"benchmark": "raf_db", "metric": "accuracy_pct"},
+                "LFW": {"benchmark": "lfw", "metric": "accuracy_pct"}},
+    "methods": [
+        {"name": "PCL (paper)", "matches": ["pcl"], "source": "paper", "protocol": "best test epoch",
+         "results": {"RAF-DB": 75.25, "LFW": None}},
+        {"name": "FaceCycle", "matches": [], "source": "readme", "results": {"RAF-DB": 71.01, "LFW": 73.72}},
+    ],
+}
+
+
+def write_published(tmp_path, data=PUBLISHED):
+    p = tmp_path / "published.yaml"
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    return p
 
 
 def read_csv(path):
@@ -38,82 +85,219 @@ def read_csv(path):
 
 @pytest.fixture()
 def tables(tmp_path):
-    paths = build_tables(RESULTS, tmp_path, CONFIG)
-    return tmp_path, paths
+    out = tmp_path / "tables"
+    paths = build_tables(PROBES, out, CONFIG, not_run={"lfw": NOT_RUN_REASON},
+                         published=load_published(write_published(tmp_path)), metrics_json=tmp_path / "metrics.json")
+    return out, paths
+
+
+def md_rows(text):
+    """Markdown table rows as {label: [cells]} (the bold marks stripped)."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("| Method"):
+            cells = [c.strip().replace("**", "") for c in line.strip().strip("|").split(" | ")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def md_header(text):
+    line = next(l for l in text.splitlines() if l.startswith("| Method"))
+    return [c.strip() for c in line.strip().strip("|").split(" | ")][1:]
 
 
 def test_files_written(tables):
     out, paths = tables
-    names = sorted(p.name for p in paths)
-    assert names == sorted([f"{t}.{e}" for t in ("expression", "verification", "au", "pose", "summary")
-                            for e in ("md", "csv")])
+    names = {p.name for p in paths}
+    for base in ("expression", "expression_readouts", "verification", "verification_readouts", "pose",
+                 "pose_readouts", "ablation"):
+        assert {f"{base}.{e}" for e in ("md", "csv", "tex", "html")} <= names, base
+    assert {"summary.md", "summary.csv", "summary.html", "metrics.json"} <= names
     assert not list(out.glob(".*tmp"))
 
 
-def test_task_csv_rows_and_not_run(tables):
+def test_expression_cells_published_and_difference(tables):
     out, _ = tables
-    rows = read_csv(out / "expression.csv")
-    assert [r["method"] for r in rows] == ["pcl", "simclr", "moco"]
-    assert float(rows[0]["accuracy_pct"]) == 80.0 and float(rows[1]["mean_class_accuracy_pct"]) == 72.0
-    assert rows[2]["accuracy_pct"] == NOT_RUN and rows[2]["n_seeds"] == "0"
-    au = read_csv(out / "au.csv")
-    assert float(au[0]["per_au:AU1"]) == 40.0 and au[0]["per_au:AU12"] == "n/a"
-    assert au[1]["mean_f1_pct"] == NOT_RUN  # simclr has no AU result
+    md = (out / "expression.md").read_text()
+    header, rows = md_header(md), md_rows(md)
+    assert header[:2] == ["synth_expression: Acc. (%) ↑", "synth_expression: Mean-class acc. (%) ↑"]
+    # raf_db has published numbers: ours, published, difference (PCL (paper) matches our pcl)
+    assert header[2:5] == ["raf_db: Acc. (%) ↑", "raf_db: Acc. (%) published", "raf_db: Acc. (%) Δ"]
+    assert rows["pcl"][:5] == ["80.00 ± 1.00 (3)", "70.00 ± 2.00 (3)", "72.00 ± 0.50 (3)", "75.25", "-3.25"]
+    # random has no raf_db result although raf_db ran: "not run", no published number of its own
+    assert rows["random"][2:5] == [NOT_RUN, "", ""]
+    # FaceCycle matches none of our methods: a published-only row, no reproduced values
+    assert rows["FaceCycle (published)"][:5] == ["—", "—", "—", "71.01", ""]
+    assert "Published (PCL (paper)): A paper, Table 2 (https://example.org)." in md
+    assert "Published (FaceCycle): A README, results section." in md
+    assert "Published protocol (PCL (paper)): best test epoch." in md and "pcl: protocol clean/paper" in md
+    assert "pose_negatives=fixed" in md and "variant.optimizer=faithful" in md
 
 
-def test_seeds_are_averaged(tables):
-    out, _ = tables
-    v = read_csv(out / "verification.csv")
-    assert v[0]["n_seeds"] == "2" and float(v[0]["accuracy_mean_pct"]) == pytest.approx(91.0)
-    assert float(v[0]["accuracy_mean_pct_seed_std"]) == pytest.approx(1.0)
-    md = (out / "verification.md").read_text()
-    assert "91.00 ± 1.00" in md
-
-
-def test_markdown_best_cells_follow_direction(tables):
+def test_best_cell_is_bold_by_direction(tables):
     out, _ = tables
     pose = (out / "pose.md").read_text()
-    lines = {l.split("|")[1].strip(): l for l in pose.splitlines() if l.startswith("| ")}
-    # lower MAE is better: simclr's yaw 4.00 and pcl's pitch 6.00 / mean 5.00 are bold
-    assert "**4.00**" in lines["simclr"] and "**6.00**" in lines["pcl"] and "**5.00**" in lines["pcl"]
-    assert "**5.33**" not in lines["simclr"]
-    assert NOT_RUN in lines["moco"]
+    pcl_line = next(l for l in pose.splitlines() if l.startswith("| pcl |"))
+    assert "**6.00 ± 0.20 (3)**" in pcl_line and "**5.00 ± 0.10 (3)**" in pcl_line  # lower MAE wins
     assert "Yaw MAE (°) ↓" in pose
     expr = (out / "expression.md").read_text()
-    assert "**80.00**" in expr and "**72.00**" in expr and "Accuracy (%) ↑" in expr
+    assert "**80.00 ± 1.00 (3)**" in expr and "**50.00" not in expr
 
 
-def test_summary_direction_and_notes(tables):
+def test_not_run_benchmark(tables):
     out, _ = tables
-    rows = read_csv(out / "summary.csv")
-    header = list(rows[0])
-    assert header[0] == "method"
-    assert "expression:accuracy_pct (higher is better)" in header
-    assert "pose:mae_mean_deg (lower is better)" in header
-    by = {r["method"]: r for r in rows}
-    assert by["moco"]["expression:accuracy_pct (higher is better)"] == NOT_RUN
-    assert by["simclr"]["au:mean_f1_pct (higher is better)"] == NOT_RUN
-    assert float(by["pcl"]["verification:accuracy_mean_pct (higher is better)"]) == pytest.approx(91.0)
-    md = (out / "summary.md").read_text()
-    assert "Pose mean MAE (°) ↓" in md and "Expression accuracy (%) ↑" in md
-    pcl_line = next(l for l in md.splitlines() if l.startswith("| pcl "))
-    assert "**5.00**" in pcl_line and "**80.00**" in pcl_line
-    assert "Dataset: synth_expression" in (out / "expression.md").read_text()
-    for text in ("Readout: trunk", "Protocol: validation-selected", "pcl: pose_negatives=fixed, optimizer=faithful",
-                 "simclr: no method_info recorded", "pcl/expression.json"):
-        assert text in md
+    md = (out / "verification.md").read_text()
+    rows = md_rows(md)
+    assert rows["pcl"][0] == f"{NOT_RUN} [a]" and rows["random"][0] == f"{NOT_RUN} [a]"
+    assert f"[a] lfw: {NOT_RUN} -- {NOT_RUN_REASON}" in md
+    # the published LFW number of FaceCycle is still shown, ours never gets a number
+    assert rows["FaceCycle (published)"][:2] == ["—", "73.72"]
+    assert not re.search(r"\| pcl \|[^\n]*\d", md.replace("[a]", "")), "a not-run row holds a number"
+    csv_rows = {r["method"]: r for r in read_csv(out / "verification.csv")}
+    assert csv_rows["pcl"]["lfw:accuracy_pct"] == NOT_RUN
 
 
-def test_multiple_readouts_get_separate_rows(tmp_path):
-    res = [result("expression", "pcl", {"accuracy_pct": 80.0, "mean_class_accuracy_pct": 70.0}),
-           result("expression", "pcl", {"accuracy_pct": 85.0, "mean_class_accuracy_pct": 75.0}, readout="face")]
-    build_tables(res, tmp_path, {"tasks": {"expression": {}}})
-    md = (tmp_path / "expression.md").read_text()
-    assert "| pcl [trunk] |" in md and "| pcl [face] |" in md
-    summary = read_csv(tmp_path / "summary.csv")
-    assert float(summary[0]["expression:accuracy_pct (higher is better)"]) == 80.0  # trunk = authors' readout
+def test_csv_full_precision(tables):
+    out, _ = tables
+    rows = {r["method"]: r for r in read_csv(out / "expression.csv")}
+    assert float(rows["pcl"]["raf_db:accuracy_pct"]) == 72.0 and rows["pcl"]["raf_db:accuracy_pct:n"] == "3"
+    assert float(rows["pcl"]["raf_db:accuracy_pct:published"]) == 75.25
+    assert float(rows["pcl"]["raf_db:accuracy_pct:difference"]) == pytest.approx(-3.25)
+    assert rows["FaceCycle (published)"]["kind"] == "published"
 
 
-def test_bad_result_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="task/method"):
-        build_tables([{"metrics": {}}], tmp_path, {})
+def test_readouts_table(tables):
+    out, _ = tables
+    rows = md_rows((out / "expression_readouts.md").read_text())
+    assert rows["pcl [trunk]"][0] == "80.00 ± 1.00 (3)" and rows["pcl [face]"][0] == "85.00 ± 0.50 (3)"
+    assert rows["random [trunk]"][1] == NOT_RUN
+
+
+def test_ablation_rows(tables):
+    out, _ = tables
+    md = (out / "ablation.md").read_text()
+    rows = md_rows(md)
+    assert list(rows) == ["PCL (full)", "PCL w/o PDD, w/o DWA"]  # full first, then the variants; not random
+    assert rows["PCL w/o PDD, w/o DWA"][0] == "77.50 ± 1.50 (3)"
+    assert rows["PCL (full)"][3] == "6.00 ± 0.20 (3)"  # synth_pose primary metric (mean MAE)
+    assert "No ablation variant ran" not in md
+
+
+def test_summary_and_metrics_json(tables, tmp_path):
+    out, _ = tables
+    rows = {r["method"]: r for r in read_csv(out / "summary.csv")}
+    assert float(rows["pcl"]["synth_pose:mae_mean_deg"]) == 6.0
+    assert rows["random"]["raf_db:accuracy_pct"] == NOT_RUN
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics == {"pcl/synth_expression/accuracy_pct": 80.0, "random/synth_expression/accuracy_pct": 50.0,
+                       "pcl_wo_pdd/synth_expression/accuracy_pct": 77.5, "pcl/raf_db/accuracy_pct": 72.0,
+                       "pcl/synth_pose/mae_mean_deg": 6.0, "random/synth_pose/mae_mean_deg": 10.0}
+
+
+def _strip_escaped(tex):
+    return re.sub(r"\\[{}_%&#$]", "", tex)
+
+
+def test_latex_structure(tables):
+    out, _ = tables
+    for name in ("expression", "verification", "pose", "ablation", "expression_readouts"):
+        tex = (out / f"{name}.tex").read_text()
+        bare = _strip_escaped(tex)
+        assert bare.count("{") == bare.count("}"), name
+        assert tex.count(r"\toprule") == tex.count(r"\midrule") == tex.count(r"\bottomrule") == 1, name
+        assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
+        assert r"\begin{tabular}" in tex and r"\end{tabular}" in tex and r"\end{table}" in tex
+        # no unescaped underscore, percent or unicode math outside math mode
+        assert not re.search(r"(?<!\\)_", tex.replace(r"\_", "")), name
+        assert not re.search(r"(?<!\\)%", tex), name
+        assert "±" not in tex and "Δ" not in tex and "°" not in tex
+        # every row has as many cells as the column spec says
+        ncols = len(re.search(r"\\begin\{tabular\}\{([lr]+)\}", tex).group(1))
+        body = tex[tex.index(r"\midrule") + 8:tex.index(r"\bottomrule")]
+        for line in body.strip().splitlines():
+            assert line.count(" & ") == ncols - 1, line
+    tex = (out / "expression.tex").read_text()
+    assert r"72.00 $\pm$ 0.50 (3)" in tex and r"synth\_expression" in tex and r"\cmidrule(lr)" in tex
+    assert r"$-$3.25" in tex
+
+
+def test_latex_escape():
+    assert latex_escape("a_b 50% & #1 {x} ±Δ°") == r"a\_b 50\% \& \#1 \{x\} $\pm$$\Delta$$^\circ$"
+
+
+def test_std_over_folds_and_single_run(tmp_path):
+    p = probe("pcl", "lfw", "verification", {"trunk": {"accuracy_pct": stat(90.0, 1.25, n=10)}}, "accuracy_pct",
+              std_over="folds")
+    q = probe("random", "lfw", "verification", {"trunk": {"accuracy_pct": stat(60.0, 0.0, n=1)}}, "accuracy_pct")
+    build_tables([p, q], tmp_path, {"tables": TABLES}, published=load_published(None))
+    md = (tmp_path / "verification.md").read_text()
+    rows = md_rows(md)
+    assert rows["pcl"] == ["90.00 ± 1.25 (10)"] and rows["random"] == ["60.00 (1)"]
+    assert "lfw: std over folds/seeds" in md
+
+
+def test_legacy_one_seed_result_is_converted():
+    r = normalise_probe({"task": "expression", "method": "pcl", "dataset": "synth_expression", "readout": "trunk",
+                         "seed": 1, "protocol": "clean", "metrics": {"accuracy_pct": 81.0}})
+    assert r["benchmark"] == "synth_expression" and r["primary_metric"] == "accuracy_pct"
+    assert r["summary"]["trunk"]["accuracy_pct"] == {"mean": 81.0, "std": 0.0, "n": 1}
+
+
+def test_bad_probe_and_duplicates(tmp_path):
+    with pytest.raises(ValueError, match="missing key"):
+        build_tables([{"task": "expression", "summary": {}}], tmp_path, {"tables": TABLES},
+                     published=load_published(None))
+    with pytest.raises(ValueError, match="two probe results"):
+        build_tables([PROBES[0], PROBES[0]], tmp_path, {"tables": TABLES}, published=load_published(None))
+    with pytest.raises(ValueError, match="marked not run"):
+        build_tables([PROBES[0]], tmp_path, {"tables": TABLES}, not_run={"synth_expression": "x"},
+                     published=load_published(None))
+
+
+def test_published_file_of_the_repo_is_valid():
+    pub = load_published(ROOT / "config" / "published_results.yaml")
+    face = next(r for r in pub.rows if r.name == "FaceCycle")
+    assert face.values[("raf_db", "accuracy_pct")] == (71.01, "facecycle_readme")
+    assert face.values[("aflw2000", "mae_yaw_deg")][0] == 11.70
+    pcl = next(r for r in pub.rows if r.name == "PCL (paper)")
+    assert pcl.matches == ["pcl"] and pcl.values == {}  # not transcribed: no number without a source
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["methods"][0].update(source="nowhere"), "source 'nowhere' is not under sources"),
+    (lambda d: d["methods"][1]["results"].update({"AffectNet": 60.0}), "'AffectNet' is not under columns"),
+    (lambda d: d["methods"][1]["results"].update({"RAF-DB": "71"}), "error at methods.1.results.RAF-DB"),
+    (lambda d: d["sources"]["paper"].pop("where"), "'where' is a required property"),
+])
+def test_published_schema_errors(tmp_path, edit, message):
+    data = json.loads(json.dumps(PUBLISHED))
+    edit(data)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_published(write_published(tmp_path, data))
+
+
+def test_cli_tables(tmp_path, capsys):
+    from pclbench.cli import main
+
+    paths = []
+    for p in PROBES:
+        path = tmp_path / "probes" / p["method"] / f"{p['benchmark']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(p))
+        paths.append(str(path))
+    benchmarks = {b: {"task": e["task"], "train": None, "test": {"dataset": b, "split": "test"}, "labels": None,
+                      "description": b} for b, e in BENCHMARKS.items()}
+    params = json.dumps({"tables": {**TABLES, "published": str(write_published(tmp_path))},
+                         "benchmarks": benchmarks})
+    out = tmp_path / "tables"
+    rc = main(["tables", "--params", params, "--out", str(out), "--not-run", f"lfw={NOT_RUN_REASON}",
+               "--metrics-json", str(tmp_path / "metrics.json"), *paths])
+    assert rc == 0
+    assert f"[a] lfw: {NOT_RUN} -- {NOT_RUN_REASON}" in (out / "verification.md").read_text()
+    assert json.loads((tmp_path / "metrics.json").read_text())["pcl/raf_db/accuracy_pct"] == 72.0
+    # a missing published file and a malformed --not-run are clear errors (exit status 2)
+    assert main(["tables", "--params", params, "--out", str(out), "--published", str(tmp_path / "nope.yaml"),
+                 *paths]) == 2
+    assert "nope.yaml does not exist" in capsys.readouterr().err
+    assert main(["tables", "--params", params, "--out", str(out), "--not-run", "lfw", *paths]) == 2
+    assert "expected NAME=REASON" in capsys.readouterr().err

@@ -62,30 +62,34 @@ def test_end_to_end_tiny(tmp_path):
     """Run the whole workflow on the tiny config and check every table and provenance file."""
     run_snakemake(tmp_path, "--cores", "2")
     res = tmp_path / "results"
-    methods = ["random", "pcl"]
-    # metric -> (lowest, highest) valid value
-    tasks = {
-        "expression": {"accuracy_pct": (0, 100), "mean_class_accuracy_pct": (0, 100)},
-        "verification": {"accuracy_mean_pct": (0, 100)},
-        "au": {"mean_f1_pct": (0, 100)},
-        "pose": {"mae_yaw_deg": (0, 180), "mae_pitch_deg": (0, 180), "mae_roll_deg": (0, 180),
-                 "mae_mean_deg": (0, 180)},
+    methods = ["random", "pcl", "pcl_wo_pdd"]
+    # benchmark -> task, {metric -> (lowest, highest) valid value}
+    benchmarks = {
+        "synth_expression": ("expression", {"accuracy_pct": (0, 100), "mean_class_accuracy_pct": (0, 100)}),
+        "synth_verification": ("verification", {"accuracy_pct": (0, 100)}),
+        "synth_au": ("au", {"mean_f1_pct": (0, 100)}),
+        "synth_pose": ("pose", {"mae_yaw_deg": (0, 180), "mae_pitch_deg": (0, 180), "mae_roll_deg": (0, 180),
+                                "mae_mean_deg": (0, 180)}),
     }
-    for task, metrics in tasks.items():
+    for b, (task, metrics) in benchmarks.items():
         md = (res / "tables" / f"{task}.md").read_text()
         table = pd.read_csv(res / "tables" / f"{task}.csv").set_index("method")
         assert sorted(table.index) == sorted(methods), table
         for m in methods:
-            assert f"| {m} |" in md, md
-            probe = json.loads((res / "probes" / m / f"{task}.json").read_text())
-            assert probe["task"] == task and probe["method"] == m
-            assert probe["provenance"]["versions"]["torch"]
+            assert f"| {m} " in md, md
+            probe = json.loads((res / "probes" / m / f"{b}.json").read_text())
+            assert probe["benchmark"] == b and probe["task"] == task and probe["method"] == m
+            assert probe["protocol"] == "clean" and probe["provenance"]["versions"]["torch"]
+            assert probe["readouts"] == ["trunk", "face", "pose", "concat"]
+            assert len(probe["runs"]) == len(probe["readouts"]) * (1 if task == "verification" else len(probe["seeds"]))
             for metric, (lo, hi) in metrics.items():
-                value = probe["metrics"][metric]
-                assert isinstance(value, float) and lo <= value <= hi, (task, m, metric, value)
-                if metric in table.columns:  # the table shows the probe's number, not another
-                    assert table.loc[m, metric] == pytest.approx(value), (task, m, metric)
-        # No cell says "not run": every method x task produced a number.
+                for ro in probe["readouts"]:
+                    value = probe["summary"][ro][metric]["mean"]
+                    assert isinstance(value, float) and lo <= value <= hi, (b, m, ro, metric, value)
+                col = f"{b}:{metric}"
+                if col in table.columns:  # the table shows the primary readout's mean, not another number
+                    assert table.loc[m, col] == pytest.approx(probe["summary"]["trunk"][metric]["mean"]), (b, m, col)
+        # No cell says "not run": every method x benchmark produced a number.
         for line in md.splitlines():
             if line.startswith("| ") and not line.startswith("| Method"):
                 assert "not run" not in line, line
@@ -102,3 +106,39 @@ def test_end_to_end_tiny(tmp_path):
     # A second run has nothing to do (idempotent).
     again = run_snakemake(tmp_path, "-n", "--cores", "2")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+# Stage 6 outputs of the tiny run besides `all` (workflow/rules/report.smk: report_targets()).
+TINY_TASKS = ["expression", "verification", "au", "pose"]
+TINY_TABLES = [n for t in TINY_TASKS for n in (t, f"{t}_readouts")] + ["ablation", "summary"]
+TINY_FIGURES = ([f"bars_{t}.png" for t in TINY_TASKS] + ["curves_random.png", "curves_pcl.png", "swap_grid_pcl.png",
+                                                        "embedding_pcl.png"])
+
+
+@pytest.mark.slow
+def test_report_tiny(tmp_path):
+    """`snakemake --report` on the tiny run: one self-contained HTML page with every table and figure.
+
+    Reuses the end-to-end test's run directory when that test ran earlier in this session (pytest's
+    basetemp/test_end_to_end_tiny0), so only the stage-6 jobs and the report are extra.
+    """
+    import re
+
+    previous = tmp_path.parent / "test_end_to_end_tiny0"
+    workdir = previous if (previous / "results" / "tables" / "summary.md").is_file() else tmp_path
+    targets = (["all", "results/metrics.json"] + [f"results/tables/{n}.html" for n in TINY_TABLES]
+               + [f"results/figures/{f}" for f in TINY_FIGURES])
+    run_snakemake(workdir, "--cores", "2", *targets)
+    run_snakemake(workdir, "--cores", "1", "--report", "results/report.html", *targets)
+    page = (workdir / "results" / "report.html").read_text()
+    # self-contained: nothing fetched from elsewhere (scripts, styles and images are embedded)
+    assert not re.search(r"""(src|href)\s*=\s*["']https?://""", page), "the report loads external resources"
+    for name in TINY_TABLES:
+        assert f"{name}.html" in page, name
+    for name in TINY_FIGURES:
+        assert name in page, name
+    for f in TINY_FIGURES:
+        assert (workdir / "results" / "figures" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
+    metrics = json.loads((workdir / "results" / "metrics.json").read_text())
+    assert metrics and all(isinstance(v, float) for v in metrics.values())
+    assert "pcl/synth_expression/accuracy_pct" in metrics

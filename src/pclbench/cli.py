@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,54 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_acquire(args) -> int:
+    """Download + verify + extract (source url) or check what the user placed (source manual)."""
+    from .data.acquire import DatasetNotFound, acquire, download_config
+    from .data.archive import UnsafeArchive
+    from .data.download import DownloadError
+
+    params = args.params
+    if args.download is not None:
+        try:
+            overlay = {"download": json.loads(args.download)}
+            params = json.dumps(deep_merge(json.loads(params) if params else {}, overlay))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--download/--params is not valid JSON: {e}") from None
+    cfg = load_config(args.config, params)
+    entry = cfg.get("datasets", {}).get(args.dataset)
+    if entry is None:
+        raise ConfigError(f"dataset {args.dataset!r} is not in the config's datasets")
+    sources = args.sources or cfg.get("paths", {}).get("sources")
+    if not sources:
+        raise ConfigError("acquire needs --sources (or paths.sources in the config)")
+    receipt = args.receipt or f"{sources}/{args.dataset}.receipt.json"
+    try:
+        acquire(args.dataset, entry, Path(sources), Path(receipt), download_config(cfg))
+    except (DatasetNotFound, DownloadError, UnsafeArchive) as e:
+        print(f"pclbench acquire: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    """A real dataset in its official layout -> the stage-1 layout (pclbench.data.parsers)."""
+    from .data.parsers import SourceFormatError, SourceLayoutError, prepare_dataset
+
+    cfg = load_config(args.config, args.params)
+    entry = (cfg.get("datasets") or {}).get(args.dataset)
+    if entry is None:
+        raise ConfigError(f"dataset {args.dataset!r} is not in the config's datasets "
+                          f"(known: {', '.join(sorted(cfg.get('datasets') or {})) or 'none'})")
+    t0 = time.perf_counter()
+    try:
+        meta = prepare_dataset(args.dataset, entry, Path(args.source), Path(args.out), config=cfg)
+    except (SourceLayoutError, SourceFormatError) as e:
+        print(f"pclbench prepare {args.dataset}: {e}", file=sys.stderr)
+        return 1
+    logging.info("prepared %s in %.1f s: %s", args.dataset, time.perf_counter() - t0, meta.get("splits"))
+    return 0
+
+
 def cmd_contact_sheet(args) -> int:
     from .data import synth
 
@@ -95,7 +144,31 @@ def cmd_align(args) -> int:
         if ds is None:
             raise ConfigError(f"dataset {args.dataset!r} is not in the config's datasets and --size was not given")
         size = ds["size"]
-    qc = align_split(Path(args.raw), args.split, Path(args.out), acfg, size=size, workers=args.workers)
+    if args.part is not None:  # one scatter job: compute this part's chunks into <out>.parts/
+        from .data.align import align_chunks
+
+        parts = args.parts if args.parts is not None else acfg.parts
+        info = align_chunks(Path(args.raw), args.split, Path(args.out), acfg, size=size, workers=args.workers,
+                            dataset=args.dataset, part=args.part, parts=parts)
+        logging.info("align part %d/%d: %d chunk(s) computed, %d reused", args.part + 1, parts,
+                     len(info["computed"]), len(info["reused"]))
+        if args.done:
+            Path(args.done).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(args.done).with_name(f".{Path(args.done).name}.tmp")
+            tmp.write_text(json.dumps(info) + "\n")
+            os.replace(tmp, args.done)
+        return 0
+    if args.merge:  # the gather job: every chunk -> the shard
+        from .data.align import merge_chunks
+
+        try:
+            qc = merge_chunks(Path(args.raw), args.split, Path(args.out), acfg, size=size, dataset=args.dataset)
+        except FileNotFoundError as e:  # parts not finished: say which, without a traceback
+            print(f"pclbench align --merge: {e}", file=sys.stderr)
+            return 1
+    else:
+        qc = align_split(Path(args.raw), args.split, Path(args.out), acfg, size=size, workers=args.workers,
+                         dataset=args.dataset)
     logging.info("aligned %s/%s: %d kept, %d failed", args.raw, args.split, qc["n_kept"], qc["n_failed"])
     return 0
 
@@ -122,18 +195,23 @@ def cmd_extract(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from .probes import run_task, save_result
+    """One (method, benchmark) probe job: every readout x seed -> results/probes/<method>/<benchmark>.json."""
+    from .probes import run_benchmark, save_result
     from .runinfo import run_info
 
     cfg = load_config(args.config, args.params)
+    benches = cfg.get("benchmarks") or {}
+    if args.benchmark not in benches:
+        raise ConfigError(f"benchmark {args.benchmark!r} is not in the config's benchmarks "
+                          f"(has: {', '.join(benches) or 'none'}); --params must hold benchmarks.{args.benchmark}")
     t0 = time.perf_counter()
-    seed = args.seed if args.seed is not None else cfg["seed"]
-    result = run_task(args.task, Path(args.features), Path(args.aligned), Path(args.raw), cfg,
-                      seed=seed, method=args.method)
+    seeds = None if args.seed is None else [args.seed + k for k in range(int(cfg["probe"]["n_seeds"]))]
+    result = run_benchmark(args.benchmark, benches[args.benchmark], Path(args.features_root),
+                           Path(args.aligned_root), Path(args.raw_root), cfg, method=args.method, seeds=seeds)
     if args.checkpoint:
         result["method_info"] = checkpoint_info(Path(args.checkpoint))
-    # The result carries its own provenance (config, versions, commit, seed, time).
-    result["provenance"] = run_info("probe", config=cfg, seeds={"probe": seed},
+    # The result carries its own provenance (config, versions, commit, seeds, time).
+    result["provenance"] = run_info("probe", config=cfg, seeds={"probe": result["seeds"]},
                                     timings={"total": time.perf_counter() - t0})
     save_result(result, Path(args.out))
     return 0
@@ -162,18 +240,74 @@ def checkpoint_info(path: Path) -> dict:
 
 
 def cmd_tables(args) -> int:
-    from .tables import build_tables
+    from .tables import build_tables, load_published
 
     cfg = load_config(args.config, args.params)
-    results = [json.loads(Path(p).read_text()) for p in args.results]
+    if "tables" not in cfg:
+        raise ConfigError("tables needs the config section 'tables' (and 'workflow', 'benchmarks')")
+    not_run = {}
+    for item in args.not_run:
+        name, sep, reason = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--not-run {item!r}: expected NAME=REASON (benchmark name, then why it did not run)")
+        not_run[name] = reason or "no reason given"
+    published = load_published(args.published or cfg["tables"]["published"])
+    from .tables import load_probe
+
+    results = [load_probe(p) for p in args.results]
     t0 = time.perf_counter()
-    paths = build_tables(results, Path(args.out), cfg)
+    paths = build_tables(results, Path(args.out), cfg, not_run=not_run, published=published,
+                         metrics_json=args.metrics_json)
     from .runinfo import write_run_info
 
     write_run_info(Path(args.out), "tables", config=cfg, timings={"total": time.perf_counter() - t0},
                    inputs=[str(p) for p in args.results])
     for p in paths:
         logging.info("wrote %s", p)
+    return 0
+
+
+def cmd_figures(args) -> int:
+    """Report figures (pclbench.figures): bars | curves | swap-grid | embedding."""
+    from . import figures as F
+    from .config import from_dict
+
+    cfg = load_config(args.config, args.params)
+    if "figures" not in cfg:
+        raise ConfigError("figures needs the config section 'figures'")
+    fcfg = from_dict(F.FiguresConfig, cfg["figures"], "figures")
+    need = {"curves": ("method", "metrics"), "swap-grid": ("method", "pretrain_dir"),
+            "embedding": ("method", "features", "manifest")}.get(args.kind, ())
+    absent = [f"--{k.replace('_', '-')}" for k in need if getattr(args, k) is None]
+    if absent:
+        raise ConfigError(f"figures {args.kind}: missing {', '.join(absent)}")
+    if args.kind == "bars":
+        from .tables import Comparison, Published, load_probe
+
+        if "tables" not in cfg:
+            raise ConfigError("figures bars needs the config sections 'tables', 'workflow' and 'benchmarks'")
+
+        not_run = dict(item.partition("=")[::2] for item in args.not_run)
+        comp = Comparison([load_probe(p) for p in args.results], cfg, not_run, Published({}, []))
+        out = Path(args.out)
+        for task in args.tasks or comp.tasks:
+            if task in comp.tasks:
+                F.bar_chart(comp, task, out / f"bars_{task}.png", fcfg.dpi)
+            else:
+                F.placeholder(out / f"bars_{task}.png", f"{task}: no benchmark of this task", fcfg.dpi)
+    elif args.kind == "curves":
+        F.training_curves(args.metrics, args.out, args.method, fcfg.curve_prefixes, fcfg.smooth, fcfg.dpi)
+    elif args.kind == "swap-grid":
+        F.collect_swap_grid(args.pretrain_dir, args.out, args.method, fcfg.dpi)
+    elif args.kind == "embedding":
+        e = fcfg.embedding
+        names = None
+        for b in (cfg.get("benchmarks") or {}).values():  # expression class names for the legend
+            if b.get("task") == "expression" and e.dataset in ((b.get("train") or {}).get("dataset"),
+                                                               (b.get("test") or {}).get("dataset")):
+                names = b.get("labels")
+        F.embedding_figure(args.features, args.manifest, args.out, args.method, e, names, fcfg.dpi)
+    logging.info("wrote figure(s) %s", args.out)
     return 0
 
 
@@ -215,6 +349,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("acquire", help="download + verify + extract a real dataset (url), or check the "
+                                       "licence-gated files you placed (manual); writes a receipt JSON")
+    _add_config_args(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--sources", default=None,
+                   help="the dataset goes to SOURCES/<dataset>/ (default: the config's paths.sources)")
+    p.add_argument("--receipt", default=None,
+                   help="receipt JSON to write: files, sizes, digests (default: SOURCES/<dataset>.receipt.json)")
+    p.add_argument("--download", default=None, metavar="JSON",
+                   help="the `download` section as JSON, merged last; the workflow passes it here rather than "
+                        "in --params because transfer settings (retries, timeouts) do not change the data and "
+                        "must not re-run the dataset's parsing")
+    p.set_defaults(func=cmd_acquire)
+
+    p = sub.add_parser("prepare", help="convert a real dataset from its official release layout to the stage-1 layout")
+    _add_config_args(p)
+    p.add_argument("--dataset", required=True, help="datasets.<name> entry (its `parser` is run)")
+    p.add_argument("--source", required=True, help="the release in its official layout (paths.sources/<name>)")
+    p.add_argument("--out", required=True, help="stage-1 dataset folder to write (paths.raw/<name>)")
+    p.set_defaults(func=cmd_prepare)
+
     p = sub.add_parser("contact-sheet", help="PNG grid of a raw dataset's images, landmarks and labels")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
@@ -230,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--size", type=int, default=None, help="crop size (default: datasets.<name>.size)")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--part", type=int, default=None,
+                   help="scatter job: compute only chunk range PART (0-based) of --parts into <out>.parts/")
+    p.add_argument("--parts", type=int, default=None, help="number of scatter jobs (default: align.parts)")
+    p.add_argument("--done", default=None, help="with --part: marker file written when the part is done")
+    p.add_argument("--merge", action="store_true", help="gather job: merge all finished chunks into --out")
     p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("pretrain", help="pretrain (or initialise) an encoder with a registered method")
@@ -246,23 +406,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("probe", help="linear probe of one task on cached features -> JSON")
+    p = sub.add_parser("probe", help="every readout x seed of one benchmark's probe on cached features -> JSON")
     _add_config_args(p)
-    p.add_argument("--task", required=True)
+    p.add_argument("--benchmark", required=True, help="entry of the config's benchmarks")
     p.add_argument("--method", required=True)
-    p.add_argument("--features", required=True, help="folder with <split>.npz")
-    p.add_argument("--aligned", required=True, help="aligned dataset folder (with <split>/manifest.csv)")
-    p.add_argument("--raw", required=True, help="raw dataset folder (pairs.csv for verification)")
+    p.add_argument("--features-root", required=True, help="results/features/<method> (holds <dataset>/<split>.npz)")
+    p.add_argument("--aligned-root", required=True, help="aligned data root (holds <dataset>/<split>/manifest.csv)")
+    p.add_argument("--raw-root", required=True, help="raw data root (verification: <dataset>/pairs.csv)")
     p.add_argument("--checkpoint", default=None, help="the encoder's checkpoint (records the method variant)")
-    p.add_argument("--seed", type=int, default=None, help="probe seed (default: the config's `seed`)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="first probe seed (default: the config's `seed`); seeds = seed + k, k < probe.n_seeds")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("tables", help="probe JSONs -> Markdown/CSV tables per task + summary")
+    p = sub.add_parser("tables", help="probe JSONs -> Markdown/CSV/LaTeX/HTML tables per task, ablation, summary")
     _add_config_args(p)
-    p.add_argument("--out", required=True)
-    p.add_argument("results", nargs="+")
+    p.add_argument("--out", required=True, help="folder of the tables")
+    p.add_argument("--not-run", action="append", default=[], metavar="NAME=REASON",
+                   help="a benchmark that did not run and why (its cells say 'not run'); repeatable")
+    p.add_argument("--published", default=None,
+                   help="published-results YAML (default: the config's tables.published)")
+    p.add_argument("--metrics-json", default=None, help="also write the flat primary-metrics JSON (dvc metrics)")
+    p.add_argument("results", nargs="*", help="probe result JSONs (results/probes/<method>/<benchmark>.json)")
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("figures", help="report figures: bars per task, training curves, swap grid, t-SNE embedding")
+    _add_config_args(p)
+    p.add_argument("kind", choices=["bars", "curves", "swap-grid", "embedding"])
+    p.add_argument("--out", required=True, help="PNG to write (bars: the folder of bars_<task>.png)")
+    p.add_argument("--method", default=None, help="curves / swap-grid / embedding: the method drawn")
+    p.add_argument("--tasks", nargs="*", default=None, help="bars: tasks to draw (default: those of the results)")
+    p.add_argument("--not-run", action="append", default=[], metavar="NAME=REASON", help="bars: benchmarks not run")
+    p.add_argument("--metrics", default=None, help="curves: the trainer's metrics.csv")
+    p.add_argument("--pretrain-dir", default=None, help="swap-grid: results/pretrain/<method>")
+    p.add_argument("--features", default=None, help="embedding: stage-4 features .npz")
+    p.add_argument("--manifest", default=None, help="embedding: the aligned shard's manifest.csv")
+    p.add_argument("results", nargs="*", help="bars: probe result JSONs")
+    p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("import-official", help="convert an authors' PCL checkpoint (best.pth) into a "
                                                "pclbench checkpoint")

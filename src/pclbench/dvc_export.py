@@ -4,7 +4,8 @@ The Snakefile is the single source of truth of the DAG. Every Snakemake job (exc
 one DVC stage whose command asks Snakemake to build exactly that job's outputs with exactly that
 rule, whose ``deps`` are the job's inputs plus the package code, whose ``params`` are the config
 sections the rule passes to its stage (read from the rule's ``params.cfg`` JSON), and whose ``outs``
-are the job's outputs. ``dvc repro`` and ``snakemake`` therefore run the same commands on the same
+are the job's outputs (``results/metrics.json`` under ``metrics:``, each pretraining run's
+``metrics.csv`` under ``plots:``). ``dvc repro`` and ``snakemake`` therefore run the same commands on the same
 files; ``tests/test_dvc.py`` regenerates this file and fails when the committed one is stale.
 """
 from __future__ import annotations
@@ -82,16 +83,40 @@ def stage_name(job: dict) -> str:
     return "-".join(p.replace("/", "_") for p in parts)
 
 
+def output_kind(rule: str, path: str) -> str:
+    """Where an output goes in its DVC stage: ``metrics``, ``plots`` or ``outs``.
+
+    ``results/metrics.json`` of the tables rule (flat primary metrics) is a DVC metric
+    (``dvc metrics show/diff``); each pretraining run's ``metrics.csv`` (one row per iteration) is
+    a DVC plot (``dvc plots show/diff``, x = ``iteration``). Both stay cached like any output, so
+    ``dvc pull`` restores them and Snakemake finds every output of a finished job in place.
+    """
+    name = path.rsplit("/", 1)[-1]
+    if rule == "tables" and name == "metrics.json":
+        return "metrics"
+    if rule == "pretrain" and name == "metrics.csv":
+        return "plots"
+    return "outs"
+
+
 def dvc_document(jobs: list[dict], params_file: str = "config/config.yaml") -> dict:
     stages = {}
     for job in jobs:
         stage = {
-            "cmd": f"snakemake --cores all --allowed-rules {job['rule']} " + " ".join(job["output"]),
+            # targets before --allowed-rules: that option takes several values and would swallow them
+            "cmd": "snakemake " + " ".join(job["output"]) + f" --cores all --allowed-rules {job['rule']}",
             "deps": job["input"] + ["src/pclbench"],
         }
         if job["sections"]:
             stage["params"] = [{params_file: job["sections"]}]
-        stage["outs"] = list(job["output"])
+        kinds = {path: output_kind(job["rule"], path) for path in job["output"]}
+        stage["outs"] = [path for path in job["output"] if kinds[path] == "outs"]
+        metrics = [path for path in job["output"] if kinds[path] == "metrics"]
+        plots = [{path: {"x": "iteration"}} for path in job["output"] if kinds[path] == "plots"]
+        if metrics:
+            stage["metrics"] = metrics
+        if plots:
+            stage["plots"] = plots
         name = stage_name(job)
         if name in stages:
             raise ValueError(f"two Snakemake jobs map to the DVC stage name {name!r}")

@@ -1,65 +1,375 @@
-"""Comparison tables from probe results (architecture.md stage 6).
+"""The paper's comparison tables from probe results (architecture.md stage 6; method doc section 5).
 
-For each task ``<task>.md`` / ``<task>.csv`` (one row per method, the task's metric columns) and
-``summary.md`` / ``summary.csv`` (methods x one headline metric per task, with the direction of
-better). Every number comes from a stage-5 result dict; a (method, task) without a result is written
-``not run`` and an undefined value (for example the F1 of an AU without positives) ``n/a`` -- never
-a made-up number. Several seeds of the same (method, task) are averaged and shown as mean +- std over
-seeds. The Markdown notes state the dataset, readout, protocol, method variant (``method_info``), seeds
-and the result files the numbers come from (method doc section 5: every number carries its provenance).
+Input: probe results in the contract of docs/architecture.md (one JSON per (method, benchmark) with
+every readout x seed inside: ``summary[readout][metric] = {mean, std, n}``, ``std_over``,
+``primary_metric``, ``protocol``, ``method_info``), the published numbers of
+``config/published_results.yaml`` and the benchmarks that did not run (with the reason).
+
+Output, per task (``<task>.{md,csv,tex,html}``): rows = methods at the primary readout, columns = the
+benchmarks of the task x the configured metrics; a cell is the reproduced mean +- std (n), next to it
+the published number where ``published_results.yaml`` has the same method and benchmark, and the
+difference (reproduced - published). ``<task>_readouts.*``: every (method, readout) row x each
+benchmark's primary metric, i.e. what disentanglement buys per task. ``ablation.*``: the PCL variants
+(``method_info.ablation``, :func:`pclbench.methods.ablation_label`) x every benchmark's primary metric.
+``summary.{md,csv,html}`` and a flat ``metrics.json`` (``method/benchmark/metric -> mean``, for
+``dvc metrics``). A benchmark that did not run is written ``not run`` with its reason as a note; an
+undefined value ``n/a``; a published cell nobody transcribed stays empty -- never a made-up number.
+Every table carries its protocol notes (clean/paper protocol, faithful/fixed variant, readout, what the
+std is over, the published sources).
 """
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
 import os
+import re
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+from .config import ConfigError, from_dict
 
 NOT_RUN = "not run"
 UNDEFINED = "n/a"
-UP, DOWN = "higher", "lower"
-ARROW = {UP: "↑", DOWN: "↓"}
+NO_VALUE = "—"  # a published-only row has no reproduced value (and vice versa): not a number, not "not run"
+PUBLISHED_SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "published_results.schema.yaml"
+
+# Header text of the metric keys of the probe contract (units are part of the key).
+METRIC_LABELS = {
+    "accuracy_pct": "Acc. (%)",
+    "mean_class_accuracy_pct": "Mean-class acc. (%)",
+    "accuracy_mean_pct": "Acc. (%)",
+    "mean_f1_pct": "Mean F1 (%)",
+    "mae_yaw_deg": "Yaw MAE (°)",
+    "mae_pitch_deg": "Pitch MAE (°)",
+    "mae_roll_deg": "Roll MAE (°)",
+    "mae_mean_deg": "Mean MAE (°)",
+}
+# Primary metric of a result in the older one-seed format (no ``primary_metric`` key).
+_LEGACY_PRIMARY = {"expression": "accuracy_pct", "verification": "accuracy_mean_pct", "au": "mean_f1_pct",
+                   "pose": "mae_mean_deg"}
+TASK_ORDER = ("expression", "verification", "au", "pose")
 
 
+@dataclass
+class TablesConfig:
+    """Section ``tables`` of config/config.yaml."""
+
+    primary_readout: str  # readout of the main tables, summary and ablation (trunk = the authors' choice)
+    decimals: int  # digits after the decimal point
+    metrics: dict[str, list[str]]  # task -> metrics shown per benchmark in the main table
+    published: str  # path of the published-results YAML (relative: to the working directory)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.decimals <= 6:
+            raise ConfigError(f"tables.decimals: must be in 0..6, got {self.decimals!r}")
+
+
+def metric_label(key: str) -> str:
+    return METRIC_LABELS.get(key, key.replace("_pct", " (%)").replace("_deg", " (°)").replace("_", " "))
+
+
+def higher_is_better(metric: str, probe: Mapping | None = None) -> bool:
+    """Direction of ``metric``: the probe's own flag for its primary metric, else errors (MAE) are lower."""
+    if probe is not None and probe.get("primary_metric") == metric and "higher_is_better" in probe:
+        return bool(probe["higher_is_better"])
+    return not (metric.startswith("mae") or metric.endswith("_deg") or "error" in metric)
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs
+# ------------------------------------------------------------------------------------------------
+def _finite(v: Any) -> float | None:
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def normalise_probe(r: Mapping, source: str | None = None) -> dict:
+    """Check a probe result against the contract and return it as a dict.
+
+    A result of the older one-seed format (``metrics`` at the top level, no ``summary``) is converted:
+    one run, ``std`` 0, ``n`` 1 (verification: the std over folds it recorded), benchmark = its dataset.
+    """
+    where = source or "probe result"
+    if not isinstance(r, Mapping):
+        raise ValueError(f"{where}: a probe result must be a JSON object, got {type(r).__name__}")
+    r = dict(r)
+    if "summary" not in r and isinstance(r.get("metrics"), Mapping):
+        task = str(r.get("task"))
+        readout = str(r.get("readout") or "trunk")
+        metrics = {k: v for k, v in r["metrics"].items() if _finite(v) is not None or v is None}
+        summary = {k: {"mean": _finite(v), "std": 0.0, "n": 1} for k, v in metrics.items()}
+        std_over = "seeds"
+        if task == "verification" and "accuracy_std_pct" in metrics:
+            std_over = "folds"
+            summary.pop("accuracy_std_pct", None)
+            for k in ("accuracy_mean_pct", "accuracy_pct"):
+                if k in summary:
+                    summary[k] = {"mean": summary[k]["mean"], "std": _finite(metrics["accuracy_std_pct"]),
+                                  "n": int(r.get("n_folds") or 10)}
+        primary = _LEGACY_PRIMARY.get(task, next(iter(metrics), ""))
+        r.update(benchmark=str(r.get("benchmark") or r.get("dataset") or task), readouts=[readout],
+                 seeds=[r.get("seed")], summary={readout: summary}, std_over=std_over, primary_metric=primary,
+                 higher_is_better=higher_is_better(primary))
+    missing = [k for k in ("benchmark", "task", "method", "summary", "primary_metric") if k not in r]
+    if missing:
+        raise ValueError(f"{where}: not a probe result, missing key(s) {', '.join(missing)} (see the probe "
+                         f"result contract in docs/architecture.md)")
+    if not isinstance(r["summary"], Mapping):
+        raise ValueError(f"{where}: 'summary' must map readout -> metric -> {{mean, std, n}}")
+    r["benchmark"], r["task"], r["method"] = str(r["benchmark"]), str(r["task"]), str(r["method"])
+    if source:
+        r.setdefault("source", source)
+    return r
+
+
+def load_probe(path: Path | str) -> dict:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return normalise_probe(data, source=str(path))
+
+
+@dataclass
+class PublishedRow:
+    name: str
+    matches: list[str]
+    protocol: str
+    values: dict[tuple[str, str], tuple[float, str]]  # (benchmark, metric) -> (value, source key)
+
+
+@dataclass
+class Published:
+    """config/published_results.yaml, validated: rows with their values keyed by (benchmark, metric)."""
+
+    sources: dict[str, dict]
+    rows: list[PublishedRow]
+
+    def for_method(self, method: str) -> list[PublishedRow]:
+        return [r for r in self.rows if method in r.matches]
+
+    def has(self, benchmark: str, metric: str) -> bool:
+        return any((benchmark, metric) in r.values for r in self.rows)
+
+    def source_text(self, key: str) -> str:
+        s = self.sources[key]
+        return f"{s['title']}, {s['where']}" + (f" ({s['url']})" if s.get("url") else "")
+
+
+def load_published(path: Path | str | None) -> Published:
+    """Read and validate the published-results YAML (schema + cross references); ``None`` = none."""
+    if path is None:
+        return Published({}, [])
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"published results file {path} does not exist (config tables.published)")
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    import jsonschema
+
+    with open(PUBLISHED_SCHEMA) as fh:
+        schema = yaml.safe_load(fh)
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        at = ".".join(str(p) for p in e.absolute_path) or "<root>"
+        raise ConfigError(f"{path}: error at {at}: {e.message} (schema {PUBLISHED_SCHEMA.name})")
+    sources, columns = data["sources"], data["columns"]
+    rows = []
+    for i, m in enumerate(data["methods"]):
+        at = f"{path}: methods[{i}] ({m['name']})"
+        if m["source"] not in sources:
+            raise ConfigError(f"{at}: source {m['source']!r} is not under sources (known: {', '.join(sources)})")
+        values = {}
+        for col, v in (m.get("results") or {}).items():
+            if col not in columns:
+                raise ConfigError(f"{at}: results key {col!r} is not under columns (known: {', '.join(columns)})")
+            if v is None:  # an empty cell: no number transcribed
+                continue
+            value, src = (v["value"], v["source"]) if isinstance(v, dict) else (v, m["source"])
+            if src not in sources:
+                raise ConfigError(f"{at}: results.{col}: source {src!r} is not under sources")
+            values[(columns[col]["benchmark"], columns[col]["metric"])] = (float(value), src)
+        rows.append(PublishedRow(m["name"], list(m["matches"]), m.get("protocol", ""), values))
+    return Published(sources, rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# Cells
+# ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Column:
-    key: str  # the result's metric key (or "per_au:<name>")
-    label: str  # header text
-    better: str | None  # UP / DOWN / None (not a score, e.g. a std)
+class Stat:
+    """A reproduced value: mean, std (sample std over ``std_over``), n. ``mean`` None = undefined."""
+
+    mean: float | None
+    std: float | None
+    n: int
+    std_over: str = "seeds"
+
+    def text(self, d: int, latex: bool = False) -> str:
+        if self.mean is None:
+            return UNDEFINED
+        pm = r" $\pm$ " if latex else " ± "
+        s = f"{self.mean:.{d}f}"
+        if self.n > 1 and self.std is not None:
+            s += f"{pm}{self.std:.{d}f}"
+        return s + f" ({self.n})"
 
 
-# Fixed metric columns per task; AU per-AU columns are added from the results (the AU set is data).
-TASK_COLUMNS: dict[str, list[Column]] = {
-    "expression": [Column("accuracy_pct", "Accuracy (%)", UP),
-                   Column("mean_class_accuracy_pct", "Mean-class accuracy (%)", UP)],
-    "verification": [Column("accuracy_mean_pct", "Accuracy (%)", UP),
-                     Column("accuracy_std_pct", "Std over folds (%)", None)],
-    "au": [Column("mean_f1_pct", "Mean F1 (%)", UP)],
-    "pose": [Column("mae_yaw_deg", "Yaw MAE (°)", DOWN), Column("mae_pitch_deg", "Pitch MAE (°)", DOWN),
-             Column("mae_roll_deg", "Roll MAE (°)", DOWN), Column("mae_mean_deg", "Mean MAE (°)", DOWN)],
-}
-HEADLINE: dict[str, Column] = {
-    "expression": Column("accuracy_pct", "Expression accuracy (%)", UP),
-    "verification": Column("accuracy_mean_pct", "Verification accuracy (%)", UP),
-    "au": Column("mean_f1_pct", "AU mean F1 (%)", UP),
-    "pose": Column("mae_mean_deg", "Pose mean MAE (°)", DOWN),
-}
+def probe_stat(probe: Mapping, readout: str, metric: str) -> Stat | None:
+    """The summary entry of ``readout`` x ``metric``; None when the probe has no such entry."""
+    entry = ((probe.get("summary") or {}).get(readout) or {}).get(metric)
+    if not isinstance(entry, Mapping):
+        return None
+    n = entry.get("n")
+    return Stat(_finite(entry.get("mean")), _finite(entry.get("std")), int(n) if isinstance(n, int) else 0,
+                str(probe.get("std_over", "seeds")))
+
+
+def _fmt(v: float, d: int, sign: bool = False) -> str:
+    return f"{v:+.{d}f}" if sign else f"{v:.{d}f}"
+
+
+# ------------------------------------------------------------------------------------------------
+# A rendered table: header groups, sub-columns, rows of text cells, notes. One model, four formats.
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    label: str
+    cells: list[str]
+    latex: list[str]
+    bold: list[bool]
+    csv: dict[str, Any]
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    groups: list[tuple[str, int]]  # (label, number of sub-columns), after the row-label column
+    columns: list[str]  # sub-column labels
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    csv_header: list[str] = field(default_factory=list)
+
+
+def latex_escape(text: str) -> str:
+    """Plain text -> LaTeX (special characters escaped; ±, Δ, °, arrows as math)."""
+    out = []
+    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$",
+            "°": r"$^\circ$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "—": "---", "–": "--"}
+    for ch in text:
+        out.append(repl.get(ch, ch))
+    return "".join(out)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(t: Table) -> str:
+    header = ["Method"]
+    k = 0
+    for g, span in t.groups:
+        for _ in range(span):
+            header.append(f"{g}: {t.columns[k]}" if g else t.columns[k])
+            k += 1
+    lines = [f"# {t.title}", "", "| " + " | ".join(map(_md_cell, header)) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for r in t.rows:
+        cells = [f"**{c}**" if b else c for c, b in zip(r.cells, r.bold)]
+        lines.append("| " + " | ".join(map(_md_cell, [r.label, *cells])) + " |")
+    lines += ["", "Notes:", ""] + [f"{i}. {n}" for i, n in enumerate(t.notes, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(t: Table) -> str:
+    """A booktabs ``table`` environment (needs \\usepackage{booktabs}); notes below the tabular."""
+    n = len(t.columns)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             rf"\caption{{{latex_escape(t.title)}}}", rf"\label{{tab:{re.sub('[^A-Za-z0-9]', '-', t.name)}}}",
+             r"\begin{tabular}{l" + "r" * n + "}", r"\toprule"]
+    if any(g for g, _ in t.groups):
+        head, rules, col = ["Method"], [], 2
+        for g, span in t.groups:
+            head.append(rf"\multicolumn{{{span}}}{{c}}{{{latex_escape(g)}}}" if span > 1 else latex_escape(g))
+            if g:
+                rules.append(rf"\cmidrule(lr){{{col}-{col + span - 1}}}")
+            col += span
+        lines.append(" & ".join(head) + r" \\")
+        lines.append(" ".join(rules))
+        lines.append(" & ".join([""] + [latex_escape(c) for c in t.columns]) + r" \\")
+    else:
+        lines.append(" & ".join(["Method"] + [latex_escape(c) for c in t.columns]) + r" \\")
+    lines.append(r"\midrule")
+    for r in t.rows:
+        cells = [rf"\textbf{{{c}}}" if b else c for c, b in zip(r.latex, r.bold)]
+        lines.append(" & ".join([latex_escape(r.label), *cells]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", r"\begin{minipage}{\linewidth}\footnotesize"]
+    lines += [rf"{i}. {latex_escape(note)}\par" for i, note in enumerate(t.notes, 1)]
+    lines += [r"\end{minipage}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(t: Table) -> str:
+    """A standalone HTML page (inline style only: the Snakemake report embeds it as is)."""
+    e = html.escape
+    head1 = ["<tr><th rowspan='2'>Method</th>" if any(g for g, _ in t.groups) else "<tr><th>Method</th>"]
+    two_rows = any(g for g, _ in t.groups)
+    if two_rows:
+        for g, span in t.groups:
+            head1.append(f"<th colspan='{span}'>{e(g)}</th>")
+        head1.append("</tr><tr>")
+    head1 += [f"<th>{e(c)}</th>" for c in t.columns] + ["</tr>"]
+    body = []
+    for r in t.rows:
+        cells = "".join(f"<td>{'<b>' + e(c) + '</b>' if b else e(c)}</td>" for c, b in zip(r.cells, r.bold))
+        body.append(f"<tr><th>{e(r.label)}</th>{cells}</tr>")
+    notes = "".join(f"<li>{e(n)}</li>" for n in t.notes)
+    style = ("body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse}"
+             "th,td{border-top:1px solid #999;border-bottom:1px solid #999;padding:3px 8px;text-align:right}"
+             "tr th:first-child{text-align:left}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(t.title)}</title><style>{style}</style>"
+            f"</head><body><h3>{e(t.title)}</h3><table>{''.join(head1)}{''.join(body)}</table>"
+            f"<p>Notes:</p><ol>{notes}</ol></body></html>\n")
+
+
+def to_csv(t: Table) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=t.csv_header, lineterminator="\n")
+    w.writeheader()
+    for r in t.rows:
+        w.writerow({k: r.csv.get(k, "") for k in t.csv_header})
+    return buf.getvalue()
 
 
 def _write_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 
 
+def write_table(t: Table, out_dir: Path, formats: Sequence[str] = ("md", "csv", "tex", "html")) -> list[Path]:
+    render = {"md": to_markdown, "csv": to_csv, "tex": to_latex, "html": to_html}
+    return [_write_atomic(out_dir / f"{t.name}.{ext}", render[ext](t)) for ext in formats]
+
+
+# ------------------------------------------------------------------------------------------------
+# The tables
+# ------------------------------------------------------------------------------------------------
 def _names(section: Any) -> list[str]:
-    """Names from a config section that is a mapping (keys) or a list (strings or {name: ...})."""
     if isinstance(section, dict):
         return [str(k) for k in section]
     if isinstance(section, list):
@@ -67,97 +377,8 @@ def _names(section: Any) -> list[str]:
     return []
 
 
-def _value(result: dict, key: str) -> float | None:
-    if key.startswith("per_au:"):
-        entry = (result.get("per_au") or {}).get(key.split(":", 1)[1])
-        v = entry.get("f1_pct") if isinstance(entry, dict) else None
-    else:
-        v = (result.get("metrics") or {}).get(key)
-    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return None
-    return float(v)
-
-
-@dataclass
-class Cell:
-    """A table cell: mean over seeds (None = undefined), std over seeds, number of seeds; n_seeds 0 =
-    not run."""
-
-    mean: float | None
-    std: float | None
-    n_seeds: int
-
-    def markdown(self, bold: bool = False) -> str:
-        if self.n_seeds == 0:
-            return NOT_RUN
-        if self.mean is None:
-            return UNDEFINED
-        s = f"{self.mean:.2f}"
-        if self.n_seeds > 1 and self.std is not None:
-            s += f" ± {self.std:.2f}"
-        return f"**{s}**" if bold else s
-
-
-def _cell(results: Sequence[dict], key: str) -> Cell:
-    if not results:
-        return Cell(None, None, 0)
-    vals = [_value(r, key) for r in results]
-    defined = [v for v in vals if v is not None]
-    if not defined:
-        return Cell(None, None, len(results))
-    mean = sum(defined) / len(defined)
-    std = math.sqrt(sum((v - mean) ** 2 for v in defined) / len(defined)) if len(defined) > 1 else None
-    return Cell(mean, std, len(results))
-
-
-def _row_key(r: dict) -> tuple[str, str, str]:
-    return (str(r.get("method")), str(r.get("readout")), str(r.get("dataset")))
-
-
-def _row_labels(keys: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
-    """Label rows by method, adding readout / dataset only where one method has several."""
-    keys = list(keys)
-    out = {}
-    for k in keys:
-        same_method = [o for o in keys if o[0] == k[0]]
-        label = k[0]
-        if len({o[1] for o in same_method}) > 1:
-            label += f" [{k[1]}]"
-        if len({o[2] for o in same_method}) > 1:
-            label += f" ({k[2]})"
-        out[k] = label
-    return out
-
-
-def _best(cells: Sequence[Cell], better: str | None) -> float | None:
-    vals = [c.mean for c in cells if c.n_seeds and c.mean is not None]
-    if better is None or not vals:
-        return None
-    return max(vals) if better == UP else min(vals)
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
-
-
-def _csv_value(c: Cell) -> Any:
-    if c.n_seeds == 0:
-        return NOT_RUN
-    return UNDEFINED if c.mean is None else repr(c.mean)
-
-
 def _variant_options(info: Any, prefix: str = "") -> list[str]:
-    """``key=value`` for every option whose value is ``faithful`` or ``fixed`` (nested keys dotted)."""
+    """``key=value`` of every option whose value is ``faithful`` or ``fixed`` (method doc 6-7)."""
     out = []
     if isinstance(info, dict):
         for k, v in info.items():
@@ -168,151 +389,382 @@ def _variant_options(info: Any, prefix: str = "") -> list[str]:
     return out
 
 
-def _method_info_text(info: Any) -> str:
-    """The method variant for a note: its faithful/fixed options when it has any, else the whole
-    recorded config entry."""
-    if info is None:
+def ablation_of(probe: Mapping) -> str | None:
+    """The PCL ablation label recorded in ``method_info`` (``pclbench.methods.ablation_label``)."""
+    info = probe.get("method_info")
+    if not isinstance(info, Mapping):
+        return None
+    label = info.get("ablation")
+    if label is None and isinstance(info.get("variant"), Mapping):
+        label = info["variant"].get("ablation")
+    return str(label) if label is not None else None
+
+
+def _variant_text(probe: Mapping) -> str:
+    info = probe.get("method_info")
+    if not isinstance(info, Mapping):
         return "no method_info recorded"
-    options = _variant_options(info)
-    if options:
-        return ", ".join(options)
-    if isinstance(info, dict):
-        return json.dumps(info, sort_keys=True, default=str, separators=(", ", ": "))
-    return str(info)
+    parts = []
+    if info.get("imported_from"):
+        parts.append(f"imported from {info['imported_from']}")
+    abl = ablation_of(probe)
+    if abl is not None:
+        parts.append(f"ablation: {abl}")
+    opts = _variant_options({k: v for k, v in info.items() if k != "ablation"})
+    if opts:
+        parts.append(", ".join(opts))
+    for k in ("epochs_trained", "iterations"):
+        if info.get(k) is not None:
+            parts.append(f"{k.replace('_', ' ')} {info[k]}")
+    return "; ".join(parts) if parts else json.dumps(dict(info), sort_keys=True, default=str)
 
 
-def _notes(task_results: Sequence[dict], extra: Sequence[str]) -> str:
-    """The provenance notes under a table."""
-    notes = list(extra)
-    datasets = sorted({str(r.get("dataset")) for r in task_results})
-    readouts = sorted({str(r.get("readout")) for r in task_results})
-    protocols = list(OrderedDict.fromkeys(str(r.get("protocol")) for r in task_results))
-    if task_results:
-        notes.append("Dataset: " + ", ".join(datasets) + ".")
-        notes.append("Readout: " + ", ".join(readouts) + " (trunk = the shared trunk, the authors' choice; "
-                     "face = F_f; pose = F_p; concat = [F_f, F_p]).")
-        notes.append("Protocol: " + " | ".join(protocols) + ".")
-        infos = OrderedDict()
-        for r in task_results:
-            infos.setdefault(str(r.get("method")), _method_info_text(r.get("method_info")))
-        notes.append("Method variants: " + "; ".join(f"{m}: {t}" for m, t in infos.items()) + ".")
-        seeds = sorted({r.get("seed") for r in task_results if r.get("seed") is not None})
-        notes.append(f"Seeds: {', '.join(map(str, seeds)) or 'unknown'}; with several seeds a cell is "
-                     "mean ± std over seeds.")
-        sources = sorted({str(r["source"]) for r in task_results if r.get("source")})
-        notes.append("Source: pclbench linear-probe results (stage 5"
-                     + (": " + ", ".join(sources) if sources else "") + "); these are our runs, not "
-                     "published numbers.")
-    notes.append(f"`{NOT_RUN}` = no result for this method and task; `{UNDEFINED}` = metric undefined "
-                 "(e.g. F1 of an AU with no positive and no predicted positive).")
-    return "\n".join(f"{i}. {n}" for i, n in enumerate(notes, 1)) + "\n"
+class Comparison:
+    """Probe results + published numbers + not-run benchmarks, arranged as methods x benchmarks."""
 
+    def __init__(self, probes: Sequence[Mapping], config: Mapping, not_run: Mapping[str, str] | None = None,
+                 published: Published | None = None):
+        self.cfg = from_dict(TablesConfig, config["tables"], "tables")
+        self.published = published or Published({}, [])
+        self.not_run = dict(not_run or {})
+        self.probes: "OrderedDict[tuple[str, str], dict]" = OrderedDict()
+        for p in probes:
+            p = normalise_probe(p, p.get("source") if isinstance(p, Mapping) else None)
+            key = (p["method"], p["benchmark"])
+            if key in self.probes:
+                raise ValueError(f"two probe results for method {key[0]!r} x benchmark {key[1]!r} "
+                                 f"({self.probes[key].get('source', '?')} and {p.get('source', '?')})")
+            self.probes[key] = p
+        wf = config.get("workflow") if isinstance(config.get("workflow"), Mapping) else {}
+        bench_cfg = config.get("benchmarks") if isinstance(config.get("benchmarks"), Mapping) else {}
+        self.methods = list(OrderedDict.fromkeys([*_names(wf.get("methods")), *(m for m, _ in self.probes)]))
+        self.benchmarks = list(OrderedDict.fromkeys([*_names(wf.get("benchmarks")), *(b for _, b in self.probes),
+                                                    *self.not_run]))
+        self.task_of: dict[str, str] = {}
+        for b in self.benchmarks:
+            from_probe = next((p["task"] for (m, pb), p in self.probes.items() if pb == b), None)
+            task = from_probe or (bench_cfg.get(b) or {}).get("task")
+            if task is None:
+                raise ConfigError(f"benchmark {b!r} has no probe result and no entry under benchmarks: its task "
+                                  f"is unknown (pass the config section 'benchmarks')")
+            self.task_of[b] = str(task)
+        self.tasks = sorted(set(self.task_of.values()),
+                            key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else len(TASK_ORDER), t))
+        for b, reason in self.not_run.items():
+            if any(pb == b for _, pb in self.probes):
+                raise ValueError(f"benchmark {b!r} is marked not run ({reason}) but has probe results")
 
-def _ordered(first: Sequence[str], seen: Iterable[str]) -> list[str]:
-    return list(OrderedDict.fromkeys([*first, *seen]))
+    # -- per benchmark ---------------------------------------------------------------------------
+    def bench_probes(self, b: str) -> list[dict]:
+        return [p for (m, pb), p in self.probes.items() if pb == b]
 
+    def primary_metric(self, b: str) -> str:
+        ps = self.bench_probes(b)
+        if ps:
+            return str(ps[0]["primary_metric"])
+        wanted = self.cfg.metrics.get(self.task_of[b]) or []
+        return wanted[0] if wanted else _LEGACY_PRIMARY.get(self.task_of[b], "value")
 
-def _au_number(name: str) -> tuple:
-    digits = "".join(ch for ch in name if ch.isdigit())
-    return (int(digits) if digits else 10**9, name)
+    def metrics_of(self, b: str) -> list[str]:
+        """Metrics of benchmark ``b`` in its task's main table: the configured ones (in their order) that
+        the results have, all configured ones for a benchmark without results; the primary metric is
+        always there (first when the configuration does not list it)."""
+        primary = self.primary_metric(b)
+        wanted = list(self.cfg.metrics.get(self.task_of[b], []))
+        if primary not in wanted:
+            wanted.insert(0, primary)
+        ps = self.bench_probes(b)
+        if not ps:
+            return wanted
+        have = {m for p in ps for r in (p.get("summary") or {}).values() if isinstance(r, Mapping) for m in r}
+        return [m for m in wanted if m == primary or m in have]
 
+    def direction(self, b: str, metric: str) -> bool:
+        ps = self.bench_probes(b)
+        return higher_is_better(metric, ps[0] if ps else None)
 
-def build_tables(probe_results: list[dict], out_dir: Path, config: dict) -> list[Path]:
-    """Write the per-task and summary tables for ``probe_results`` (stage-5 dicts, for example from
-    :func:`pclbench.probes.load_results`) into ``out_dir``; returns the written paths.
+    def readouts(self, method: str, b: str) -> list[str]:
+        p = self.probes.get((method, b))
+        return [str(r) for r in (p.get("summary") or {})] if p else []
 
-    Tasks come from ``config['workflow']['tasks']`` (else the keys of ``config['tasks']``), then any
-    other task in the results; methods from ``config['workflow']['methods']`` (else ``config['methods']``,
-    a mapping or a list of names / {name: ...}), then the results. So a configured method without a
-    result shows ``not run``.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for r in probe_results:
-        if "task" not in r or "method" not in r:
-            raise ValueError(f"probe result without task/method: {sorted(r)[:10]}")
-    wf = config.get("workflow") if isinstance(config.get("workflow"), dict) else {}
-    tasks = _ordered(_names(wf.get("tasks", config.get("tasks"))), (str(r["task"]) for r in probe_results))
-    methods = _ordered(_names(wf.get("methods", config.get("methods"))), (str(r["method"]) for r in probe_results))
-    written: list[Path] = []
+    # -- notes -------------------------------------------------------------------------------------
+    def _marker(self, b: str) -> str:
+        return f"[{chr(ord('a') + list(self.not_run).index(b))}]"
 
-    # rows shared by all tables: (method, readout, dataset) per task; a method without any result
-    # in a task still gets one "not run" row
-    summary_rows: "OrderedDict[str, dict[str, Cell]]" = OrderedDict((m, {}) for m in methods)
-    for task in tasks:
-        tr = [r for r in probe_results if str(r["task"]) == task]
-        columns = list(TASK_COLUMNS.get(task, []))
-        if task == "au":
-            au_names = sorted(OrderedDict.fromkeys(n for r in tr for n in (r.get("per_au") or {})),
-                              key=_au_number)  # AU2 before AU12, whatever order the JSON kept
-            columns = [Column(f"per_au:{n}", f"{n} F1 (%)", UP) for n in au_names] + columns
-        if task not in TASK_COLUMNS:
-            keys = list(OrderedDict.fromkeys(k for r in tr for k in (r.get("metrics") or {})))
-            columns = [Column(k, k, None) for k in keys]
-        groups: "OrderedDict[tuple[str, str, str], list[dict]]" = OrderedDict()
+    def _not_run_cell(self, b: str) -> str:
+        return f"{NOT_RUN} {self._marker(b)}" if b in self.not_run else NOT_RUN
+
+    def notes(self, benchmarks: Sequence[str], methods: Sequence[str], readout: str | None,
+              pub_rows: Sequence[PublishedRow] = (), extra: Sequence[str] = ()) -> list[str]:
+        notes = list(extra)
+        for b in benchmarks:
+            if b in self.not_run:
+                notes.append(f"{self._marker(b)} {b}: {NOT_RUN} -- {self.not_run[b]}")
+        ran = [b for b in benchmarks if b not in self.not_run]
+        gaps = [f"{m} x {b}" for b in ran for m in methods if (m, b) not in self.probes]
+        if gaps:
+            notes.append(f"{NOT_RUN} (no letter) = the benchmark ran but this method has no probe result: "
+                         + ", ".join(gaps) + ".")
+        if ran:
+            per = []
+            for b in ran:
+                ps = self.bench_probes(b)
+                over = sorted({str(p.get("std_over", "seeds")) for p in ps}) or ["seeds"]
+                seeds = sorted({str(s) for p in ps for s in (p.get("seeds") or []) if s is not None})
+                per.append(f"{b}: std over {'/'.join(over)}" + (f" (seeds {', '.join(seeds)})" if seeds and
+                                                                over == ["seeds"] else ""))
+            notes.append("Cells: mean ± sample std (n) of our runs; " + "; ".join(per) + ".")
+        if readout is not None:
+            notes.append(f"Readout: {readout} (trunk = the shared trunk, what the authors' code reads, method doc "
+                         "6.1 item 2; face = F_f; pose = F_p; concat = [F_f, F_p]).")
+        prot = OrderedDict()
         for m in methods:
-            mine = [r for r in tr if str(r["method"]) == m]
-            if not mine:
-                groups[(m, "", "")] = []
-            for r in mine:
-                groups.setdefault(_row_key(r), []).append(r)
-        labels = _row_labels(k for k in groups if groups[k])
-        cells = {k: [_cell(g, c.key) for c in columns] for k, g in groups.items()}
-        best = [_best([cells[k][j] for k in groups], c.better) for j, c in enumerate(columns)]
-        header = ["Method"] + [c.label + (f" {ARROW[c.better]}" if c.better else "") for c in columns]
-        md_rows, csv_rows = [], []
-        for k, g in groups.items():
-            label = labels.get(k, k[0])
-            row = [label]
-            for j, c in enumerate(cells[k]):
-                is_best = best[j] is not None and c.mean is not None and c.n_seeds > 0 and c.mean == best[j]
-                row.append(c.markdown(bold=is_best))
-            md_rows.append(row)
-            csv_rows.append([k[0], k[1] if g else "", k[2] if g else "", len(g)]
-                            + [_csv_value(c) for c in cells[k]]
-                            + [repr(c.std) if c.std is not None else "" for c in cells[k]])
-        title = f"# {task}\n\n"
-        extra = [f"Bold = best value in a column ({ARROW[UP]} higher is better, {ARROW[DOWN]} lower is better)."]
-        if task == "verification":
-            extra.append("Accuracy = mean over the folds of the pair list (10 for LFW); the threshold of each "
-                         "fold is chosen on the other folds.")
-        if task == "au":
-            extra.append("F1 on the pooled test predictions of the subject-exclusive folds.")
-        md = title + _md_table(header, md_rows) + "\nNotes:\n\n" + _notes(tr, extra)
-        csv_header = (["method", "readout", "dataset", "n_seeds"] + [c.key for c in columns]
-                      + [f"{c.key}_seed_std" for c in columns])
-        written.append(_write_atomic(out_dir / f"{task}.md", md))
-        written.append(_write_atomic(out_dir / f"{task}.csv", _csv(csv_header, csv_rows)))
+            ps = [self.probes[(m, b)] for b in benchmarks if (m, b) in self.probes]
+            if not ps:
+                continue
+            protocols = sorted({str(p.get("protocol", "?")) for p in ps})
+            prot[m] = f"{m}: protocol {'/'.join(protocols)}; {_variant_text(ps[0])}"
+        if prot:
+            notes.append("Protocol (clean = selection on a validation split of the training data; paper = the "
+                         "authors' best-test-epoch selection, method doc 6.1 item 1) and method variant: "
+                         + " | ".join(prot.values()) + ".")
+        if pub_rows:
+            srcs = OrderedDict()
+            for r in pub_rows:
+                for _, (_, key) in r.values.items():
+                    srcs.setdefault(key, []).append(r.name)
+            for key, names in srcs.items():
+                notes.append(f"Published ({', '.join(OrderedDict.fromkeys(names))}): {self.published.source_text(key)}.")
+            protocols = OrderedDict()
+            for r in pub_rows:
+                if r.protocol:
+                    protocols.setdefault(r.protocol, []).append(r.name)
+            for text, names in protocols.items():
+                notes.append(f"Published protocol ({', '.join(names)}): {text}.")
+            notes.append("Δ = reproduced mean - published (for MAE, negative = lower error than published). "
+                         f"{NO_VALUE} = no value of this kind for the row; an empty published cell = not "
+                         "transcribed (config/published_results.yaml), never a guess.")
+        return notes
 
-        if task in HEADLINE:
-            for m in methods:
-                mine = [r for r in tr if str(r["method"]) == m]
-                # several readouts/datasets of one method: the summary keeps the authors' readout
-                # (trunk) when present, else the first one seen
-                if mine:
-                    keys = list(OrderedDict.fromkeys(_row_key(r) for r in mine))
-                    pick = next((k for k in keys if k[1] == "trunk"), keys[0])
-                    mine = [r for r in mine if _row_key(r) == pick]
-                summary_rows[m][task] = _cell(mine, HEADLINE[task].key)
+    # -- tables ------------------------------------------------------------------------------------
+    def task_table(self, task: str) -> Table:
+        """Main table of ``task``: methods (primary readout) x benchmarks x metrics, with published."""
+        d, ro = self.cfg.decimals, self.cfg.primary_readout
+        benches = [b for b in self.benchmarks if self.task_of[b] == task]
+        cols: list[tuple[str, str, str]] = []  # (benchmark, metric, kind) kind: ours | published | delta
+        groups: list[tuple[str, int]] = []
+        for b in benches:
+            n0 = len(cols)
+            for m in self.metrics_of(b):
+                cols.append((b, m, "ours"))
+                if self.published.has(b, m):
+                    cols.append((b, m, "published"))
+                    # a difference only where one of our rows has a matching published number
+                    if any((b, m) in r.values for x in self.methods for r in self.published.for_method(x)):
+                        cols.append((b, m, "delta"))
+            groups.append((b, len(cols) - n0))
+        labels = []
+        for b, m, kind in cols:
+            arrow = "↑" if self.direction(b, m) else "↓"
+            labels.append({"ours": f"{metric_label(m)} {arrow}", "published": f"{metric_label(m)} published",
+                           "delta": f"{metric_label(m)} Δ"}[kind])
+        t = Table(task, f"{task}: reproduced vs published ({ro} readout)", groups, labels)
+        t.csv_header = ["method", "kind", "readout"]
+        for b, m, kind in cols:
+            base = f"{b}:{m}"
+            t.csv_header += {"ours": [base, f"{base}:std", f"{base}:n"], "published": [f"{base}:published"],
+                             "delta": [f"{base}:difference"]}[kind]
+        best = {}
+        for b, m, kind in cols:
+            if kind == "ours":
+                vals = [s.mean for x in self.methods if (x, b) in self.probes
+                        for s in [probe_stat(self.probes[(x, b)], ro, m)] if s is not None and s.mean is not None]
+                if len(vals) > 1:
+                    best[(b, m)] = max(vals) if self.direction(b, m) else min(vals)
+        used_pub: list[PublishedRow] = []
+        for x in self.methods:
+            cells, tex, bold, row_csv = [], [], [], {"method": x, "kind": "reproduced", "readout": ro}
+            pubs = self.published.for_method(x)
+            for b, m, kind in cols:
+                base = f"{b}:{m}"
+                p = self.probes.get((x, b))
+                s = probe_stat(p, ro, m) if p is not None else None
+                pub = next(((r.values[(b, m)], r) for r in pubs if (b, m) in r.values), None)
+                if kind == "ours":
+                    if b in self.not_run or p is None:
+                        c = self._not_run_cell(b) if b in self.not_run else NOT_RUN
+                        cells.append(c), tex.append(latex_escape(c)), bold.append(False)
+                        row_csv[base] = NOT_RUN
+                    elif s is None:
+                        cells.append(UNDEFINED), tex.append(UNDEFINED), bold.append(False)
+                        row_csv[base] = UNDEFINED
+                    else:
+                        cells.append(s.text(d)), tex.append(s.text(d, latex=True))
+                        bold.append(s.mean is not None and best.get((b, m)) == s.mean)
+                        row_csv.update({base: repr(s.mean) if s.mean is not None else UNDEFINED,
+                                        f"{base}:std": repr(s.std) if s.std is not None else "",
+                                        f"{base}:n": s.n})
+                elif kind == "published":
+                    c = _fmt(pub[0][0], d) if pub else ""
+                    cells.append(c), tex.append(c), bold.append(False)
+                    row_csv[f"{base}:published"] = repr(pub[0][0]) if pub else ""
+                    if pub and pub[1] not in used_pub:
+                        used_pub.append(pub[1])
+                else:
+                    ok = pub is not None and s is not None and s.mean is not None
+                    c = _fmt(s.mean - pub[0][0], d, sign=True) if ok else ""
+                    cells.append(c), tex.append(c.replace("-", "$-$") if c.startswith("-") else c), bold.append(False)
+                    row_csv[f"{base}:difference"] = repr(s.mean - pub[0][0]) if ok else ""
+            t.rows.append(Row(x, cells, tex, bold, row_csv))
+        # published rows that match none of our methods: shown on their own, below ours
+        for r in self.published.rows:
+            if any(x in self.methods for x in r.matches):
+                continue
+            if not any((b, m) in r.values for b, m, kind in cols if kind == "published"):
+                continue
+            used_pub.append(r)
+            cells, row_csv = [], {"method": f"{r.name} (published)", "kind": "published", "readout": ""}
+            for b, m, kind in cols:
+                if kind == "published" and (b, m) in r.values:
+                    cells.append(_fmt(r.values[(b, m)][0], d))
+                    row_csv[f"{b}:{m}:published"] = repr(r.values[(b, m)][0])
+                else:
+                    cells.append(NO_VALUE if kind == "ours" else "")
+            t.rows.append(Row(f"{r.name} (published)", cells, [latex_escape(c) for c in cells],
+                              [False] * len(cells), row_csv))
+        extra = ["Bold = best reproduced value in a column (↑ higher is better, ↓ lower is better)."]
+        t.notes = self.notes(benches, self.methods, ro, used_pub, extra)
+        return t
 
-    head_tasks = [t for t in tasks if t in HEADLINE]
-    best = {t: _best([summary_rows[m][t] for m in methods], HEADLINE[t].better) for t in head_tasks}
-    header = ["Method"] + [f"{HEADLINE[t].label} {ARROW[HEADLINE[t].better]}" for t in head_tasks]
-    md_rows = []
-    for m in methods:
-        row = [m]
-        for t in head_tasks:
-            c = summary_rows[m][t]
-            row.append(c.markdown(bold=best[t] is not None and c.n_seeds > 0 and c.mean == best[t]))
-        md_rows.append(row)
-    extra = [f"{ARROW[UP]} higher is better, {ARROW[DOWN]} lower is better; bold = best in a column.",
-             "Headline metric per task: " + ", ".join(
-                 f"{t}: {HEADLINE[t].key} ({HEADLINE[t].better} is better)" for t in head_tasks) + ".",
-             "A method with several readouts is summarised by its trunk readout (see the task tables)."]
-    md = "# Summary\n\n" + _md_table(header, md_rows) + "\nNotes:\n\n" + _notes(
-        [r for r in probe_results if str(r["task"]) in head_tasks], extra)
-    csv_header = ["method"] + [f"{t}:{HEADLINE[t].key} ({HEADLINE[t].better} is better)" for t in head_tasks]
-    csv_rows = [[m] + [_csv_value(summary_rows[m][t]) for t in head_tasks] for m in methods]
-    written.append(_write_atomic(out_dir / "summary.md", md))
-    written.append(_write_atomic(out_dir / "summary.csv", _csv(csv_header, csv_rows)))
+    def readouts_table(self, task: str) -> Table:
+        """Every (method, readout) x each benchmark's primary metric: what each readout buys."""
+        d = self.cfg.decimals
+        benches = [b for b in self.benchmarks if self.task_of[b] == task]
+        labels = [f"{metric_label(self.primary_metric(b))} {'↑' if self.direction(b, self.primary_metric(b)) else '↓'}"
+                  for b in benches]
+        t = Table(f"{task}_readouts", f"{task}: every readout (primary metric per benchmark)",
+                  [(b, 1) for b in benches], labels)
+        t.csv_header = ["method", "readout"] + [h for b in benches for h in
+                                                 (f"{b}:{self.primary_metric(b)}", f"{b}:{self.primary_metric(b)}:std",
+                                                  f"{b}:{self.primary_metric(b)}:n")]
+        for x in self.methods:
+            readouts = list(OrderedDict.fromkeys(r for b in benches for r in self.readouts(x, b))) or [
+                self.cfg.primary_readout]
+            for ro in readouts:
+                cells, tex, row_csv = [], [], {"method": x, "readout": ro}
+                for b in benches:
+                    self._cell(x, b, ro, self.primary_metric(b), d, cells, tex, row_csv)
+                t.rows.append(Row(f"{x} [{ro}]", cells, tex, [False] * len(cells), row_csv))
+        t.notes = self.notes(benches, self.methods, None, (), [
+            "Rows: method [readout]; n/a = the readout was not probed for this benchmark."])
+        return t
+
+    def _cell(self, x: str, b: str, ro: str, m: str, d: int, cells: list, tex: list, row_csv: dict) -> None:
+        """Append method ``x``'s cell for benchmark ``b``, readout ``ro``, metric ``m`` (Markdown, LaTeX,
+        CSV columns ``b:m``, ``b:m:std``, ``b:m:n``): the value, "not run" or undefined."""
+        p = self.probes.get((x, b))
+        s = probe_stat(p, ro, m) if p is not None else None
+        if p is None:
+            c = self._not_run_cell(b)
+            cells.append(c), tex.append(latex_escape(c))
+            row_csv[f"{b}:{m}"] = NOT_RUN
+        elif s is None:
+            cells.append(UNDEFINED), tex.append(UNDEFINED)
+            row_csv[f"{b}:{m}"] = UNDEFINED
+        else:
+            cells.append(s.text(d)), tex.append(s.text(d, latex=True))
+            row_csv.update({f"{b}:{m}": repr(s.mean) if s.mean is not None else UNDEFINED,
+                            f"{b}:{m}:std": repr(s.std) if s.std is not None else "", f"{b}:{m}:n": s.n})
+
+    def _primary_table(self, name: str, title: str, rows: Sequence[tuple[str, str]], extra: Sequence[str]) -> Table:
+        """Rows (label, method) x every benchmark's primary metric at the primary readout."""
+        d, ro = self.cfg.decimals, self.cfg.primary_readout
+        benches = self.benchmarks
+        prim = {b: self.primary_metric(b) for b in benches}
+        t = Table(name, title, [(b, 1) for b in benches],
+                  [f"{metric_label(prim[b])} {'↑' if self.direction(b, prim[b]) else '↓'}" for b in benches])
+        t.csv_header = ["method", "label"] + [h for b in benches for h in
+                                              (f"{b}:{prim[b]}", f"{b}:{prim[b]}:std", f"{b}:{prim[b]}:n")]
+        for label, x in rows:
+            cells, tex, row_csv = [], [], {"method": x, "label": label}
+            for b in benches:
+                self._cell(x, b, ro, prim[b], d, cells, tex, row_csv)
+            t.rows.append(Row(label, cells, tex, [False] * len(cells), row_csv))
+        t.notes = self.notes(benches, [x for _, x in rows], ro, (), extra)
+        return t
+
+    def summary_table(self) -> Table:
+        return self._primary_table("summary", f"Summary: primary metric per benchmark ({self.cfg.primary_readout} "
+                                   "readout)", [(x, x) for x in self.methods],
+                                   ["One column per benchmark: its primary metric; the task tables have the rest."])
+
+    def ablation_rows(self) -> list[tuple[str, str]]:
+        """(label, method) of the methods whose results record a PCL ablation label; full PCL first."""
+        found = []
+        for x in self.methods:
+            labels = [ablation_of(p) for (m, _), p in self.probes.items() if m == x]
+            labels = [lab for lab in labels if lab is not None]
+            if labels:
+                found.append((labels[0], x))
+        found.sort(key=lambda lm: lm[0] != "full")
+        out, seen = [], {}
+        for lab, x in found:
+            text = "PCL (full)" if lab == "full" else f"PCL {lab}"
+            seen[text] = seen.get(text, 0) + 1
+            out.append((text if seen[text] == 1 else f"{text} ({x})", x))
+        # a label shared by several methods names the method on every row of that label
+        dup = {lab for lab, n in seen.items() if n > 1}
+        return [(f"{lab} ({x})" if lab in dup and not lab.endswith(f"({x})") else lab, x) for lab, x in out]
+
+    def ablation_table(self) -> Table:
+        rows = self.ablation_rows()
+        extra = ["Rows: PCL variants, labelled by the switched-off parts recorded in each encoder's "
+                 "method_info (pclbench.methods.ablation_label; method doc 5.1 lists the paper's ablations)."]
+        if not any(lab != "PCL (full)" and not lab.startswith("PCL (full) (") for lab, _ in rows):
+            extra.append("No ablation variant ran: add PCL variants (e.g. pcl_wo_pdd, config section variants) "
+                         "to workflow.methods to fill this table.")
+        return self._primary_table("ablation", f"Ablation: PCL variants ({self.cfg.primary_readout} readout)", rows,
+                                   extra)
+
+    def metrics_json(self) -> dict[str, float]:
+        """Flat ``method/benchmark/metric -> mean`` of every primary metric (primary readout)."""
+        out = {}
+        for (x, b), p in self.probes.items():
+            s = probe_stat(p, self.cfg.primary_readout, self.primary_metric(b))
+            if s is not None and s.mean is not None:
+                out[f"{x}/{b}/{self.primary_metric(b)}"] = s.mean
+        return out
+
+
+def table_names(tasks: Iterable[str]) -> list[str]:
+    """Base names of every table file the tables stage writes for ``tasks`` (for the workflow)."""
+    names = []
+    for t in tasks:
+        names += [t, f"{t}_readouts"]
+    return names + ["ablation", "summary"]
+
+
+def build_tables(probes: Sequence[Mapping], out_dir: Path | str, config: Mapping,
+                 not_run: Mapping[str, str] | None = None, published: Published | None = None,
+                 metrics_json: Path | str | None = None) -> list[Path]:
+    """Write every table into ``out_dir`` (and the flat metrics JSON); returns the written paths.
+
+    ``config`` holds the sections ``tables`` and, for the row / column order and the task of a
+    benchmark without results, ``workflow`` and ``benchmarks``. Methods come from
+    ``workflow.methods`` then the results; benchmarks from ``workflow.benchmarks``, the results and
+    ``not_run``. ``published`` defaults to ``tables.published`` read from disk.
+    """
+    if published is None:
+        published = load_published(config["tables"]["published"])
+    comp = Comparison(probes, config, not_run, published)
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    for task in comp.tasks:
+        written += write_table(comp.task_table(task), out_dir)
+        written += write_table(comp.readouts_table(task), out_dir)
+    written += write_table(comp.ablation_table(), out_dir)
+    written += write_table(comp.summary_table(), out_dir, ("md", "csv", "html"))
+    if metrics_json is not None:
+        written.append(_write_atomic(Path(metrics_json), json.dumps(comp.metrics_json(), indent=2, sort_keys=True)
+                                     + "\n"))
     return written

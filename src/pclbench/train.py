@@ -77,7 +77,8 @@ log = logging.getLogger(__name__)
 # Keys of `pretrain` that only change how a run executes, not what it computes; a run may be resumed
 # with different values of them.
 RUNTIME_KEYS = ("device", "num_threads", "log_every", "checkpoint_every", "swap_grid_every", "tensorboard",
-                "dist_backend")
+                "dist_backend", "channels_last", "compile")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # Exit status of a run stopped by SIGTERM / SIGUSR1 after saving state/last.pt: EX_TEMPFAIL of
 # sysexits.h ("try again later"). A scheduler (Snakemake `retries`, a Slurm requeue) reruns the same
@@ -118,6 +119,8 @@ class PretrainConfig:
     swap_grid_every: int  # swap_grid_epoch<k>.png every this many epochs (method doc 2.2); 0 = off
     tensorboard: bool  # also log per-iteration scalars to out_dir/tensorboard (needs tensorboard)
     dist_backend: Literal["auto", "nccl", "gloo"]  # torch.distributed backend; auto: nccl on CUDA
+    channels_last: bool  # networks and conv inputs in channels_last memory format (CUDA only)
+    compile: str  # torch.compile mode of the method's modules (COMPILE_MODES), "off" = eager
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "img_size", "log_every", "checkpoint_every"):
@@ -133,6 +136,8 @@ class PretrainConfig:
             raise ConfigError(f"pretrain.betas: must be two numbers in [0, 1), got {self.betas!r}")
         if self.num_threads < 0:
             raise ConfigError(f"pretrain.num_threads: must be >= 0, got {self.num_threads!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(f"pretrain.compile: must be one of {list(COMPILE_MODES)}, got {self.compile!r}")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> "PretrainConfig":
@@ -400,6 +405,11 @@ def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any])
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(device)
     net.amp_dtype = torch.bfloat16 if (pcfg.amp and device.type == "cuda") else None
+    if pcfg.channels_last and device.type == "cuda":
+        # cuDNN's NHWC kernels; convolutions then return channels_last maps whatever the input layout
+        net.to(memory_format=torch.channels_last)
+    if pcfg.compile != "off":
+        net.compile_modules(mode=pcfg.compile)  # in place: state_dict keys and checkpoints unchanged
     shard = VideoShard(data_dir)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -409,6 +419,7 @@ def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any])
     info = {"method": method, "data_dir": str(data_dir), "n_images": shard.n_images,
             "n_videos": shard.n_videos, "shard_size": shard.size, "device": str(device),
             "world_size": world, "amp_dtype": str(net.amp_dtype) if net.amp_dtype else None,
+            "channels_last": bool(pcfg.channels_last and device.type == "cuda"), "compile": pcfg.compile,
             "n_parameters": sum(p.numel() for p in net.parameters()),
             "encoder_parameters": sum(p.numel() for p in net.encoder.parameters())}
 
@@ -451,8 +462,10 @@ def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any])
         raise ValueError(f"batch streams {bad_streams} do not split over {world} ranks: pretrain.batch_size "
                          "and the method's other stream sizes (e.g. pcl.pose_batch) must be multiples of the "
                          "world size")
+    # fused: one CUDA kernel for the whole update instead of a few per parameter tensor (the step is
+    # launch-bound at the paper's sizes); same Adam arithmetic. Not available for CPU tensors here.
     optimizer = torch.optim.Adam(net.parameter_groups(), lr=pcfg.lr, betas=tuple(pcfg.betas),
-                                 weight_decay=pcfg.weight_decay)
+                                 weight_decay=pcfg.weight_decay, fused=device.type == "cuda")
     if ddp.is_distributed():
         sync_gradients(optimizer)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=pcfg.epochs, eta_min=pcfg.min_lr)

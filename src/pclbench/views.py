@@ -105,6 +105,11 @@ def _check(x: Tensor, generator: torch.Generator | None, who: str) -> Tensor:
     return x
 
 
+def check_images(x: Tensor, generator: torch.Generator | None, who: str) -> Tensor:
+    """``x (B, 3, H, W)`` as float in [0, 1] (uint8 is divided by 255); checks shape and generator device."""
+    return _check(x, generator, who)
+
+
 def _rand(n: int, generator: torch.Generator | None, x: Tensor, low: float = 0.0, high: float = 1.0) -> Tensor:
     """``(n,)`` uniform draws in [low, high) on x's device, in x's float dtype."""
     u = torch.rand(n, generator=generator, device=x.device, dtype=torch.float32)
@@ -183,13 +188,20 @@ def distance_crop(x: Tensor, ratio: float, out_size: int, generator: torch.Gener
     x = _check(x, generator, "distance_crop")
     b, _, h, w = x.shape
     boxes = sample_distance_boxes(b, h, w, ratio, generator, x.device)  # (B, 2, 4)
+    v1, v2 = crop_boxes(x, boxes, ratio, out_size)
+    return (v1, v2, boxes) if return_boxes else (v1, v2)
+
+
+def crop_boxes(x: Tensor, boxes: Tensor, ratio: float, out_size: int) -> tuple[Tensor, Tensor]:
+    """The two patches of :func:`sample_distance_boxes` ``boxes (B, 2, 4)`` cut out of ``x (B, 3, H, W)``
+    (float) and resized to ``out_size``: ``(v1, v2)``, each ``(B, 3, out_size, out_size)``."""
+    b, _, h, w = x.shape
     ph, pw = 2 * patch_half_size(ratio, h), 2 * patch_half_size(ratio, w)
     flat = boxes.reshape(2 * b, 4)  # rows (sample, patch)
     src = torch.arange(b, device=x.device).repeat_interleave(2)  # (2B,)
     patches = crop_fixed(x, flat[:, 0], flat[:, 1], ph, pw, src)  # (2B, 3, ph, pw)
     views = resize(patches, out_size).reshape(b, 2, 3, out_size, out_size)
-    v1, v2 = views[:, 0], views[:, 1]
-    return (v1, v2, boxes) if return_boxes else (v1, v2)
+    return views[:, 0], views[:, 1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,7 +259,9 @@ def hsv_to_rgb(x: Tensor) -> Tensor:
     q = (v * (1 - s * f)).clamp(0, 1)
     t = (v * (1 - s * (1 - f))).clamp(0, 1)
     vals = torch.stack([v, q, p, t], dim=0)  # (4, N, H, W)
-    sel = _hsv_table(x.device)[i].permute(3, 0, 1, 2)  # (3, N, H, W)
+    # under torch.compile the table is a graph constant (the cache is for eager mode only)
+    table = torch.tensor(_HSV_TABLE, device=x.device) if torch.compiler.is_compiling() else _hsv_table(x.device)
+    sel = table[i].permute(3, 0, 1, 2)  # (3, N, H, W)
     return torch.gather(vals, 0, sel).permute(1, 0, 2, 3)  # (N, 3, H, W)
 
 
@@ -301,17 +315,34 @@ def photometric(x: Tensor, cfg: ViewConfig, generator: torch.Generator | None) -
     in a fixed order, so one generator state gives one set of views.
     """
     x = _check(x, generator, "photometric")
-    n, _, h, w = x.shape
-    apply_jitter = _rand(n, generator, x) < cfg.jitter_p
-    fb = _rand(n, generator, x, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness)
-    fc = _rand(n, generator, x, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast)
-    fs = _rand(n, generator, x, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation)
-    fh = _rand(n, generator, x, -cfg.hue, cfg.hue)
-    apply_gray = _rand(n, generator, x) < cfg.grayscale_p
-    apply_blur = _rand(n, generator, x) < cfg.blur_p
-    sigma = _rand(n, generator, x, cfg.blur_sigma[0], cfg.blur_sigma[1])
-    apply_sobel = _rand(n, generator, x) < cfg.sobel_p
+    return apply_photometric(x, draw_photometric(x.shape[0], cfg, generator, x.device), cfg)
 
+
+def draw_photometric(n: int, cfg: ViewConfig, generator: torch.Generator | None,
+                     device: torch.device | str) -> dict[str, Tensor]:
+    """The random parameters of :func:`photometric` for ``n`` images, each ``(n,)``, drawn in a fixed
+    order. Separate from :func:`apply_photometric` so the application has no random draw inside
+    (it can then be compiled together with the network)."""
+    like = torch.empty(0, device=device)
+    p = {"apply_jitter": _rand(n, generator, like) < cfg.jitter_p,
+         "brightness": _rand(n, generator, like, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness),
+         "contrast": _rand(n, generator, like, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast),
+         "saturation": _rand(n, generator, like, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation),
+         "hue": _rand(n, generator, like, -cfg.hue, cfg.hue)}
+    p["apply_gray"] = _rand(n, generator, like) < cfg.grayscale_p
+    p["apply_blur"] = _rand(n, generator, like) < cfg.blur_p
+    p["sigma"] = _rand(n, generator, like, cfg.blur_sigma[0], cfg.blur_sigma[1])
+    p["apply_sobel"] = _rand(n, generator, like) < cfg.sobel_p
+    return p
+
+
+@_float32
+def apply_photometric(x: Tensor, p: Mapping[str, Tensor], cfg: ViewConfig) -> Tensor:
+    """:func:`photometric` of float images ``x (N, 3, S, S)`` in [0, 1] with the parameters ``p`` of
+    :func:`draw_photometric`."""
+    _, _, h, _ = x.shape
+    apply_jitter, fb, fc, fs, fh = p["apply_jitter"], p["brightness"], p["contrast"], p["saturation"], p["hue"]
+    apply_gray, apply_blur, sigma, apply_sobel = p["apply_gray"], p["apply_blur"], p["sigma"], p["apply_sobel"]
     if cfg.jitter_p > 0:
         j = adjust_brightness(x, fb)
         j = adjust_contrast(j, fc)
@@ -338,9 +369,25 @@ def face_views(x: Tensor, cfg: ViewConfig, out_size: int, generator: torch.Gener
 
     ``x (B, 3, H, W)`` -> two ``(B, 3, out_size, out_size)`` views.
     """
-    v1, v2 = distance_crop(x, cfg.crop_ratio, out_size, generator)
+    x = _check(x, generator, "face_views")
+    return apply_face_views(x, draw_face_views(x.shape, cfg, generator, x.device), cfg, out_size)
+
+
+def draw_face_views(shape: tuple[int, ...], cfg: ViewConfig, generator: torch.Generator | None,
+                    device: torch.device | str) -> dict[str, Any]:
+    """Every random draw of :func:`face_views` for images of ``shape (B, 3, H, W)``, in its order:
+    the DistanceCrop boxes, then the photometric parameters of the 2B patches."""
+    b, _, h, w = shape
+    boxes = sample_distance_boxes(b, h, w, cfg.crop_ratio, generator, device)  # (B, 2, 4)
+    return {"boxes": boxes, "photometric": draw_photometric(2 * b, cfg, generator, device)}
+
+
+@_float32
+def apply_face_views(x: Tensor, d: Mapping[str, Any], cfg: ViewConfig, out_size: int) -> tuple[Tensor, Tensor]:
+    """:func:`face_views` of float images ``x`` with the draws ``d`` of :func:`draw_face_views`."""
+    v1, v2 = crop_boxes(x, d["boxes"], cfg.crop_ratio, out_size)
     b = v1.shape[0]
-    v = photometric(torch.cat([v1, v2], dim=0), cfg, generator)  # (2B, 3, S, S): one batched pass
+    v = apply_photometric(torch.cat([v1, v2], dim=0), d["photometric"], cfg)  # (2B, 3, S, S): one pass
     return v[:b], v[b:]
 
 
@@ -355,13 +402,27 @@ def pose_views(x: Tensor, n_neg: int, cfg: ViewConfig, out_size: int,
     x = _check(x, generator, "pose_views")
     if isinstance(n_neg, bool) or not isinstance(n_neg, int) or n_neg < 1:
         raise ValueError(f"pose_views: n_neg must be a positive integer, got {n_neg!r}")
+    return apply_pose_views(x, n_neg, draw_pose_views(x.shape[0], n_neg, cfg, generator, x.device), cfg, out_size)
+
+
+def draw_pose_views(b: int, n_neg: int, cfg: ViewConfig, generator: torch.Generator | None,
+                    device: torch.device | str) -> dict[str, Tensor]:
+    """Every random draw of :func:`pose_views` for ``b`` images: photometric parameters of the
+    ``b (2 + n_neg)`` views, image-major (image s: its 2 positives, then its n_neg negatives)."""
+    return draw_photometric(b * (2 + n_neg), cfg, generator, device)
+
+
+@_float32
+def apply_pose_views(x: Tensor, n_neg: int, d: Mapping[str, Tensor], cfg: ViewConfig,
+                     out_size: int) -> tuple[Tensor, Tensor]:
+    """:func:`pose_views` of float images ``x`` with the draws ``d`` of :func:`draw_pose_views`."""
     b = x.shape[0]
     xr = resize(x, out_size)  # (B, 3, S, S); resize and hflip commute
     s = xr.shape[-1]
     pos = xr[:, None].expand(b, 2, 3, s, s)
     neg = xr.flip(-1)[:, None].expand(b, n_neg, 3, s, s)
     allv = torch.cat([pos, neg], dim=1).reshape(b * (2 + n_neg), 3, s, s)
-    allv = photometric(allv, cfg, generator).reshape(b, 2 + n_neg, 3, s, s)
+    allv = apply_photometric(allv, d, cfg).reshape(b, 2 + n_neg, 3, s, s)
     return allv[:, :2], allv[:, 2:]
 
 

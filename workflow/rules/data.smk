@@ -1,4 +1,12 @@
-# acquire (SynthFaces: generate; real datasets: later issues) -> align
+# Getting each dataset into the common stage-1 layout under paths.raw:
+#   SynthFaces (source synthetic):       generate                              -> RAW/<dataset>
+#   real datasets (source url | manual): acquire -> SOURCES/<dataset>.receipt.json -> prepare -> RAW/<dataset>
+# SOURCES (paths.sources) is defined in common.smk.
+
+REAL = [name for name, d in DATASETS.items() if d["source"] in ("url", "manual")]
+# How to transfer (retries, timeouts, lock file, extraction limits), not what: passed outside the
+# rule's params so that changing it does not re-run acquire, and through it every parser.
+DOWNLOAD_JSON = json.dumps(config.get("download", {}), sort_keys=True, separators=(",", ":"))
 
 
 rule generate:
@@ -17,6 +25,46 @@ rule generate:
         "--out {output} --workers {threads} > {log} 2>&1"
 
 
+rule acquire:
+    """Real dataset -> SOURCES/<dataset>/ in its official layout (pclbench.data.acquire).
+
+    url: download every file (resumable, mirrors, checksum / lock-file verified) and unpack the
+    archives safely; manual (licence-gated): check what the user placed there, else fail saying what
+    to obtain, from whom and where to put it. The only declared output is the receipt: declaring the
+    dataset folder would let Snakemake delete a user's licence-gated files before a rerun. Side
+    effect: a first download without a published checksum records it in download.lock_file.
+    """
+    output:
+        f"{SOURCES}/{{dataset}}.receipt.json",
+    wildcard_constraints:
+        dataset="|".join(REAL) if REAL else "__none__",
+    params:
+        cfg=lambda w: params_json(dataset=w.dataset),
+    log:
+        f"{LOGS}/acquire/{{dataset}}.log",
+    # On failure Snakemake prints this log on the console: the instructive message is seen, not buried.
+    shell:
+        "{PCLBENCH} acquire --params {params.cfg:q} --download {DOWNLOAD_JSON:q} --dataset {wildcards.dataset} "
+        "--sources {SOURCES} --receipt {output} > {log} 2>&1"
+
+
+rule prepare:
+    """Official layout in SOURCES/<dataset>/ -> stage-1 layout (pclbench.data.parsers, `pclbench prepare`)."""
+    input:
+        f"{SOURCES}/{{dataset}}.receipt.json",
+    output:
+        directory(f"{RAW}/{{dataset}}"),
+    wildcard_constraints:
+        dataset="|".join(REAL) if REAL else "__none__",
+    params:
+        cfg=lambda w: params_json(*PARSER_SECTIONS.get(DATASETS[w.dataset]["parser"], ()), dataset=w.dataset),
+    log:
+        f"{LOGS}/prepare/{{dataset}}.log",
+    shell:
+        "{PCLBENCH} prepare --params {params.cfg:q} --dataset {wildcards.dataset} "
+        "--source {SOURCES}/{wildcards.dataset} --out {output} > {log} 2>&1"
+
+
 rule contact_sheet:
     """A PNG grid of a raw dataset's images with landmarks and labels, to look at."""
     input:
@@ -27,19 +75,3 @@ rule contact_sheet:
         f"{LOGS}/contact_sheet/{{dataset}}.log",
     shell:
         "{PCLBENCH} contact-sheet --data {input} --out {output} > {log} 2>&1"
-
-
-rule align:
-    """Landmarks -> similarity transform to the template -> uint8 shard + manifest + QC report."""
-    input:
-        f"{RAW}/{{dataset}}",
-    output:
-        directory(f"{ALIGNED}/{{dataset}}/{{split}}"),
-    params:
-        cfg=lambda w: params_json("align", dataset=w.dataset),
-    log:
-        f"{LOGS}/align/{{dataset}}/{{split}}.log",
-    threads: 2
-    shell:
-        "{PCLBENCH} align --params {params.cfg:q} --raw {input} --dataset {wildcards.dataset} "
-        "--split {wildcards.split} --workers {threads} --out {output} > {log} 2>&1"

@@ -1,4 +1,4 @@
-# extract {method} x {dataset} x {split} once; probe {method} x {task} on the cached features.
+# extract {method} x {dataset} x {split} once; probe {method} x {benchmark} on the cached features.
 
 
 rule extract:
@@ -17,22 +17,30 @@ rule extract:
         "--data {input.data} --out {output} > {log} 2>&1"
 
 
+def probe_params(wildcards):
+    """What one probe job reads: sections probe and seed, this benchmark's entry and its task's
+    protocol (a change to another benchmark or task does not re-run this job)."""
+    entry = BENCH[wildcards.benchmark]
+    return json.dumps({"probe": config["probe"], "seed": config["seed"],
+                       "tasks": {entry["task"]: config["tasks"][entry["task"]]},
+                       "benchmarks": {wildcards.benchmark: entry}}, sort_keys=True, separators=(",", ":"))
+
+
 rule probe:
     input:
-        features=task_features,
-        aligned=task_aligned,
-        raw=lambda w: f"{RAW}/{task_dataset(w.task)}",
+        features=bench_features,
+        aligned=bench_aligned,
+        raw=bench_raw,
         checkpoint=f"{RESULTS}/pretrain/{{method}}/checkpoint.pt",
     output:
-        f"{RESULTS}/probes/{{method}}/{{task}}.json",
+        f"{RESULTS}/probes/{{method}}/{{benchmark}}.json",
     params:
-        cfg=params_json("probe", "tasks", "seed"),
-        features=lambda w: f"{RESULTS}/features/{w.method}/{task_dataset(w.task)}",
-        aligned=lambda w: f"{ALIGNED}/{task_dataset(w.task)}",
+        cfg=probe_params,
+        features_root=lambda w: f"{RESULTS}/features/{w.method}",
     log:
-        f"{LOGS}/probe/{{method}}/{{task}}.log",
+        f"{LOGS}/probe/{{method}}/{{benchmark}}.log",
     threads: 1
     shell:
-        "{PCLBENCH} probe --params {params.cfg:q} --task {wildcards.task} --method {wildcards.method} "
-        "--features {params.features} --aligned {params.aligned} --raw {input.raw} "
+        "{PCLBENCH} probe --params {params.cfg:q} --benchmark {wildcards.benchmark} --method {wildcards.method} "
+        "--features-root {params.features_root} --aligned-root {ALIGNED} --raw-root {RAW} "
         "--checkpoint {input.checkpoint} --out {output} > {log} 2>&1"

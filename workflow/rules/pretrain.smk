@@ -13,12 +13,14 @@ def pretrain_params(wildcards):
     """The sections the method's trainer reads (pclbench Method.config_sections + pretrain).
 
     pcl and random keep the historical selection; a baseline reads views, augment and its own section.
+    A variant (config `variants`) runs its registered method with its overrides merged in.
     """
-    if wildcards.method in ("pcl", "random"):
+    method = base_method(wildcards.method)
+    if method in ("pcl", "random"):
         sections = ("model", "views", "pcl", "pretrain")
     else:
-        sections = ("model", "views", "augment", wildcards.method, "pretrain")
-    return params_json(*(s for s in sections if s in config))
+        sections = ("model", "views", "augment", method, "pretrain")
+    return params_json(*(s for s in sections if s in config), method=wildcards.method)
 
 
 rule pretrain:
@@ -30,10 +32,18 @@ rule pretrain:
     params:
         cfg=pretrain_params,
         outdir=lambda w: f"{RESULTS}/pretrain/{w.method}",
+        method=lambda w: base_method(w.method),
     log:
         f"{LOGS}/pretrain/{{method}}.log",
     threads: workflow.cores
     retries: 3
+    # gpu = all GPUs of the job, nodes = nodes (set per cluster in profiles/default; these defaults
+    # apply without a profile). pclbench.launch runs the trainer plainly with <= 1 GPU, under
+    # `torchrun --standalone --nproc_per_node=<gpu>` with several, and with `srun` over several nodes.
+    resources:
+        gpu=0,
+        nodes=1,
     shell:
-        "{PCLBENCH} pretrain --params {params.cfg:q} --method {wildcards.method} --data {input} "
+        "{PCLBENCH}.launch --gpus {resources.gpu} --nodes {resources.nodes} -- "
+        "pretrain --params {params.cfg:q} --method {params.method} --data {input} "
         "--out {params.outdir} >> {log} 2>&1"

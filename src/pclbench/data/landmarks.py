@@ -20,8 +20,8 @@ several faces, the largest box is used.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
-import inspect
 import os
 import re
 import warnings
@@ -166,9 +166,20 @@ class DlibOptions:
 class FaceAlignmentOptions:
     """``align.face_alignment``: FAN 2D (Bulat & Tzimiropoulos, ICCV 2017) from the face-alignment package."""
 
-    detector: str  # face-alignment's detector module: sfd (S3FD), dlib, blazeface, ...
-    flip_input: bool  # also run the mirrored crop and average the heatmaps (the package's test-time flip)
+    detector: str  # default face detector: face-alignment's sfd (S3FD), dlib, blazeface, ... or box
+    flip_input: bool  # also run the mirrored crop and add its heatmaps (the package's test-time flip)
     compile: bool  # torch.compile the network (the package's default; >1 min on CPU)
+    box: list[float]  # detector `box`: the face box [x1, y1, x2, y2] as fractions of the image width/height
+
+    def __post_init__(self) -> None:
+        b = self.box
+        if len(b) != 4 or not (0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1):
+            from ..config import ConfigError
+
+            raise ConfigError(
+                f"align.face_alignment.box: expected [x1, y1, x2, y2] fractions with 0 <= x1 < x2 <= 1 and "
+                f"0 <= y1 < y2 <= 1, got {b!r}"
+            )
 
 
 class Landmarker(Protocol):
@@ -314,7 +325,7 @@ def _detector_weights_urls(detector: str, device: str) -> list[str]:
         return [urls["blazeface_weights"], urls["blazeface_anchors"]]
     if detector == "dlib" and "cuda" in device:
         return ["https://www.adrianbulat.com/downloads/dlib/mmod_human_face_detector.dat"]
-    return []
+    return []  # box: no detector; others: the package reports what it misses
 
 
 def fan_expected_files(detector: str, device: str) -> dict[str, Path]:
@@ -323,30 +334,111 @@ def fan_expected_files(detector: str, device: str) -> dict[str, Path]:
     return {url: _hub_checkpoint(url) for url in urls}
 
 
+# FAN's input geometry (face_alignment.utils): 256 px crops, 64 px heatmaps, box size / 195 = "scale",
+# and the crop centre moved up by 0.12 box heights (the package's CENTER_Y_OFFSET).
+FAN_CROP = 256
+FAN_HEATMAP = 64
+FAN_REFERENCE_SCALE = 195.0
+FAN_CENTER_Y_OFFSET = 0.12
+
+
+def fan_crop_geometry(box: Sequence[float], reference_scale: float) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """The package's crop of one face box ``[x1, y1, x2, y2]``: ``(center, scale, ul, br)``.
+
+    ``face_alignment.utils.crop`` copies the source pixels ``ul .. br - 1`` (0-based, integer, zero
+    padding outside the image) into a ``(br - ul)`` canvas and resizes it to 256 x 256; ``ul``/``br``
+    are the package's ``transform(.., invert=True)`` of the crop corners, truncated to integers.
+    """
+    from face_alignment import utils as fau
+
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    center = np.array([x2 - (x2 - x1) / 2.0, y2 - (y2 - y1) / 2.0])
+    center[1] -= (y2 - y1) * FAN_CENTER_Y_OFFSET
+    scale = (x2 - x1 + y2 - y1) / reference_scale
+    ul = np.asarray(fau.transform([1, 1], center, scale, float(FAN_CROP), True), dtype=np.float64)
+    br = np.asarray(fau.transform([FAN_CROP, FAN_CROP], center, scale, float(FAN_CROP), True), dtype=np.float64)
+    return center, scale, ul, br
+
+
+def decode_heatmaps(heatmaps, ul, br):
+    """FAN heatmaps -> landmarks in source-image coordinates, batched on the heatmaps' device.
+
+    ``heatmaps``: torch ``(B, 68, 64, 64)``; ``ul``, ``br``: ``(B, 2)`` crop corners of
+    :func:`fan_crop_geometry`. Returns ``(points (B, 68, 2) float64, scores (B, 68) float32)`` as numpy.
+
+    Per heatmap: the arg-max cell ``(u, v)`` (0-based), moved a quarter cell towards the larger
+    neighbour in x and in y where both neighbours exist (the sub-pixel step of FAN's decoding,
+    ``face_alignment.utils._get_preds_fromhm``). Cell ``u`` spans crop pixels ``4u .. 4u + 3``, so its
+    centre is crop pixel coordinate ``4u + 1.5``; crop pixel ``j`` samples source coordinate
+    ``ul + (j + 0.5) (br - ul) / 256 - 0.5`` (pixel-centre aligned bilinear resize of the
+    ``br - ul`` source pixels). Unlike the package, which truncates its results to integers and
+    inverts an idealised box, this inverts the crop actually made, in pclbench's 0-based
+    pixel-centre convention. ``scores`` are the heatmap maxima (FAN's landmark confidence).
+    """
+    import torch
+
+    b, c, h, w = heatmaps.shape
+    flat = heatmaps.reshape(b, c, h * w).float()
+    scores, idx = flat.max(dim=-1)  # (B, 68)
+    px, py = idx % w, torch.div(idx, w, rounding_mode="floor")
+
+    def at(x, y):  # heatmap value at integer cells (clamped: only used where the neighbour exists)
+        return flat.gather(-1, (y.clamp(0, h - 1) * w + x.clamp(0, w - 1)).unsqueeze(-1)).squeeze(-1)
+
+    inner = (px > 0) & (px < w - 1) & (py > 0) & (py < h - 1)
+    dx = torch.sign(at(px + 1, py) - at(px - 1, py)) * 0.25 * inner
+    dy = torch.sign(at(px, py + 1) - at(px, py - 1)) * 0.25 * inner
+    uv = torch.stack([px + dx, py + dy], dim=-1).double()  # (B, 68, 2) heatmap cell coordinates
+    ul_t = torch.as_tensor(np.asarray(ul, dtype=np.float64), device=uv.device)[:, None, :]  # (B, 1, 2)
+    br_t = torch.as_tensor(np.asarray(br, dtype=np.float64), device=uv.device)[:, None, :]
+    ratio = FAN_CROP / h  # crop pixels per heatmap cell
+    crop_xy = ratio * uv + (ratio - 1) / 2.0
+    points = ul_t + (crop_xy + 0.5) * (br_t - ul_t) / FAN_CROP - 0.5
+    return points.cpu().numpy(), scores.cpu().numpy()
+
+
+def load_fan(weights: Path, device: str, compile: bool = False):
+    """face-alignment's FAN-4 module with the weights at ``weights`` (a state dict, face-alignment >= 1.5)."""
+    import torch
+    from face_alignment.models import FAN
+
+    net = FAN(4)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except Exception as e:
+        raise LandmarkBackendError(
+            f"face_alignment backend: {weights} is not a FAN-4 state dict ({type(e).__name__}: {e}); "
+            f"delete it and download {fan_weights_url()} again"
+        ) from e
+    net = net.to(device).eval()
+    return torch.compile(net) if compile else net
+
+
 class FANLandmarker:
-    """FAN 2D landmarks (face-alignment package), batched across images.
+    """FAN 2D landmarks (Bulat & Tzimiropoulos, ICCV 2017), batched across images.
 
-    Per image, the package's detector finds faces and the largest box is kept; then the crops of a
-    whole batch of images go through FAN together (the package itself only batches the faces of one
-    image). The crop, heatmap decoding and optional flip are the package's own functions
-    (``face_alignment.utils.crop / flip / get_preds_fromhm``), reproducing ``get_landmarks_from_image``.
+    Per image a face box comes from the chosen detector (face-alignment's own detector modules: sfd,
+    blazeface, dlib, ...; the largest box is kept) or, for ``box``, from fixed fractions of the image
+    (datasets that are already face crops). The 256 x 256 crops of a whole batch of images are stacked
+    and go through FAN in ONE forward pass (face-alignment's ``get_landmarks_from_image`` batches only
+    the faces of one image), and the heatmaps are decoded on the device by :func:`decode_heatmaps`.
+    The crop is the package's own ``face_alignment.utils.crop``, so the network sees exactly what the
+    package's API would feed it.
 
-    Coordinates are taken as the package returns them; its crop/heatmap arithmetic (1-based, from
-    the original Lua code) leaves an offset below one source pixel relative to pclbench's 0-based
-    pixel-centre convention, negligible after alignment to a small crop.
-
-    The weights are downloaded by the package on first use; offline they must already sit in the torch
-    hub cache (``$TORCH_HOME/hub/checkpoints/<file name of the URL>``), else construction fails with a
-    message naming the file.
+    The FAN network module is face-alignment's; its weights are read from the torch hub cache
+    (``$TORCH_HOME/hub/checkpoints/<file name of the URL>``, where the package downloads them).
+    Offline, a missing file is a :class:`LandmarkBackendError` naming the file and its URL.
     """
 
-    def __init__(self, opts: FaceAlignmentOptions, device: str, batch_size: int):
+    def __init__(self, opts: FaceAlignmentOptions, device: str, batch_size: int, detector: str | None = None):
         try:
-            import face_alignment
-            import torch  # noqa: F401
+            import face_alignment  # noqa: F401
+            import torch
         except ImportError as e:
             raise LandmarkBackendError("face_alignment backend: pip install face-alignment") from e
-        missing = {url: p for url, p in fan_expected_files(opts.detector, device).items() if not p.is_file()}
+        detector = detector or opts.detector
+        missing = {url: p for url, p in fan_expected_files(detector, device).items() if not p.is_file()}
         if missing:
             lines = "\n".join(f"  {p}  <- {url}" for url, p in missing.items())
             raise LandmarkBackendError(
@@ -355,80 +447,82 @@ class FANLandmarker:
                 "and copy it to that path (the folder is $TORCH_HOME/hub/checkpoints, "
                 f"TORCH_HOME={os.environ.get('TORCH_HOME', '<unset, ~/.cache/torch>')}), or run once online."
             )
-        lt = face_alignment.LandmarksType
-        landmarks_type = getattr(lt, "TWO_D", None) or getattr(lt, "_2D")  # _2D before face-alignment 1.4
-        kwargs = dict(device=device, face_detector=opts.detector, flip_input=opts.flip_input)
-        params = inspect.signature(face_alignment.FaceAlignment.__init__).parameters
-        if "compile" in params:
-            kwargs["compile"] = opts.compile
-        elif opts.compile:
-            raise LandmarkBackendError(
-                f"align.face_alignment.compile: face-alignment {face_alignment.__version__} has no compile option"
-            )
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*deprecated.*")
-                self.fa = face_alignment.FaceAlignment(landmarks_type, **kwargs)
-        except Exception as e:
-            raise LandmarkBackendError(
-                f"face_alignment backend: building FaceAlignment(detector={opts.detector!r}, device={device!r}) "
-                f"failed: {type(e).__name__}: {e} (weights are looked up in {_hub_checkpoint_dir()})"
-            ) from e
         self.device = device
         self.batch_size = batch_size
         self.flip_input = opts.flip_input
-        self.detector_name = opts.detector
+        self.detector_name = detector
+        self.box = tuple(opts.box)
+        self.net = load_fan(_hub_checkpoint(fan_weights_url()), device, opts.compile)
+        self.dtype = torch.float32
+        self.face_detector = None
+        self.reference_scale = FAN_REFERENCE_SCALE
+        if detector != "box":
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*deprecated.*")
+                    module = importlib.import_module(f"face_alignment.detection.{detector}")
+                    self.face_detector = module.FaceDetector(device=device, verbose=False)
+            except Exception as e:
+                raise LandmarkBackendError(
+                    f"face_alignment backend: building face-alignment's {detector!r} detector on {device!r} "
+                    f"failed: {type(e).__name__}: {e} (weights are looked up in {_hub_checkpoint_dir()})"
+                ) from e
+            self.reference_scale = float(self.face_detector.reference_scale)
 
     def detect_boxes(self, images: Sequence[np.ndarray]) -> list[np.ndarray | str]:
-        """Largest face box ``[x1, y1, x2, y2, ...]`` per image, or a failure reason."""
+        """One face box ``[x1, y1, x2, y2]`` per image (the largest detection), or a failure reason."""
         out: list[np.ndarray | str] = []
         for image in images:
-            boxes = self.fa.face_detector.detect_from_image(np.array(image, dtype=np.uint8, copy=True))
+            if self.face_detector is None:  # "box": the face fills a known part of the frame
+                h, w = image.shape[:2]
+                out.append(np.array(self.box, dtype=np.float64) * [w, h, w, h])
+                continue
+            boxes = self.face_detector.detect_from_image(np.array(image, dtype=np.uint8, copy=True))
             if len(boxes) == 0:
                 out.append(f"{FAIL_NO_FACE}: face-alignment detector {self.detector_name}")
                 continue
-            out.append(np.asarray(boxes[_largest(boxes)], dtype=np.float64))
+            out.append(np.asarray(boxes[_largest(boxes)], dtype=np.float64)[:4])
         return out
 
-    def landmarks_from_boxes(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> np.ndarray:
-        """FAN landmarks ``(k, 68, 2)`` for one face box per image, all crops in batches of ``batch_size``."""
+    def heatmaps(self, crops: np.ndarray):
+        """FAN heatmaps ``(B, 68, 64, 64)`` (a torch tensor on the device) of uint8 crops ``(B, 3, 256, 256)``."""
         import torch
         from face_alignment import utils as fau
 
-        # The package's crop placement (face_alignment.api.get_landmarks_from_image); older versions
-        # inline the same 0.12 instead of naming it.
-        y_offset = getattr(fau, "CENTER_Y_OFFSET", 0.12)
-        ref_scale = self.fa.face_detector.reference_scale
-        centers, scales, crops = [], [], []
-        for image, d in zip(images, boxes):
-            center = np.array([d[2] - (d[2] - d[0]) / 2.0, d[3] - (d[3] - d[1]) / 2.0])
-            center[1] = center[1] - (d[3] - d[1]) * y_offset
-            scale = (d[2] - d[0] + d[3] - d[1]) / ref_scale
-            centers.append(center)
-            scales.append(scale)
-            crops.append(fau.crop(np.asarray(image, dtype=np.uint8), center, scale).transpose((2, 0, 1)))
-        if not crops:
-            return np.zeros((0, N_POINTS, 2))
-        dtype = getattr(self.fa, "dtype", torch.float32)
-        net = self.fa.face_alignment_net
-        heatmaps = []
         with torch.no_grad():
-            for start in range(0, len(crops), self.batch_size):
-                x = torch.from_numpy(np.stack(crops[start : start + self.batch_size]).astype(np.float32) / 255.0)
-                x = x.to(self.device, dtype=dtype)  # (B, 3, 256, 256)
-                hm = net(x)
-                hm = (hm[-1] if isinstance(hm, list) else hm).detach()  # (B, 68, 64, 64)
-                if self.flip_input:
-                    hm_flip = net(fau.flip(x))
-                    hm_flip = hm_flip[-1] if isinstance(hm_flip, list) else hm_flip
-                    hm = hm + fau.flip(hm_flip.detach(), is_label=True)
-                heatmaps.append(hm.to(device="cpu", dtype=torch.float32).numpy())
-        hm_all = np.concatenate(heatmaps)
-        out = np.empty((len(crops), N_POINTS, 2))
-        for i in range(len(crops)):
-            _, pts_img, _ = fau.get_preds_fromhm(hm_all[i : i + 1], centers[i], scales[i])
-            out[i] = np.asarray(pts_img).reshape(N_POINTS, 2)
-        return out
+            # uint8 over the bus (4x fewer bytes than float32), converted on the device
+            x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).to(self.dtype).div_(255.0)
+            hm = self.net(x)
+            hm = hm[-1] if isinstance(hm, (list, tuple)) else hm
+            if self.flip_input:  # the package's test-time flip: add the mirrored crop's re-ordered heatmaps
+                hm_f = self.net(fau.flip(x))
+                hm_f = hm_f[-1] if isinstance(hm_f, (list, tuple)) else hm_f
+                hm = hm + fau.flip(hm_f, is_label=True)
+        return hm
+
+    def landmarks_from_boxes(
+        self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], return_scores: bool = False
+    ):
+        """FAN landmarks ``(k, 68, 2)`` for one face box per image; the crops of ``batch_size`` images
+        go through the network as one stacked batch. ``return_scores`` adds the ``(k, 68)`` heatmap maxima."""
+        from face_alignment import utils as fau
+
+        n = len(images)
+        points = np.zeros((n, N_POINTS, 2))
+        scores = np.zeros((n, N_POINTS), dtype=np.float32)
+        for start in range(0, n, self.batch_size):
+            sl = range(start, min(n, start + self.batch_size))
+            crops, uls, brs = [], [], []
+            for i in sl:
+                center, scale, ul, br = fan_crop_geometry(boxes[i], self.reference_scale)
+                crops.append(fau.crop(np.asarray(images[i], dtype=np.uint8), center, scale).transpose(2, 0, 1))
+                uls.append(ul)
+                brs.append(br)
+            hm = self.heatmaps(np.stack(crops))  # (b, 68, 64, 64), one forward for the batch
+            p, s = decode_heatmaps(hm, np.stack(uls), np.stack(brs))
+            points[start : start + len(sl)] = p
+            scores[start : start + len(sl)] = s / (2.0 if self.flip_input else 1.0)
+        return (points, scores) if return_scores else points
 
     def detect(self, images: Sequence[np.ndarray], paths: Sequence[Path]) -> list[np.ndarray | str]:
         boxes = self.detect_boxes(images)
@@ -450,5 +544,7 @@ def resolve_device(device: str) -> str:
 
 
 @LANDMARKERS.register("face_alignment")
-def build_face_alignment(cfg: "AlignConfig") -> FANLandmarker:
-    return FANLandmarker(cfg.face_alignment, device=resolve_device(cfg.device), batch_size=cfg.batch_size)
+def build_face_alignment(cfg: "AlignConfig", detector: str | None = None) -> FANLandmarker:
+    """``detector`` overrides ``cfg.face_alignment.detector`` (the per-dataset ``align.detectors`` choice)."""
+    return FANLandmarker(cfg.face_alignment, device=resolve_device(cfg.device), batch_size=cfg.batch_size,
+                         detector=detector)

@@ -88,17 +88,29 @@ def draw_mixup(n_anchors: int, n_neg: int, alpha: float, generator: torch.Genera
     return lam, perm
 
 
-def mix_negatives(neg: Tensor, alpha: float | None, generator: torch.Generator | None) -> Tensor:
+def _check_draws(draws: tuple[Tensor, Tensor], n_anchors: int, n_neg: int, who: str) -> tuple[Tensor, Tensor]:
+    lam, perm = draws
+    if tuple(lam.shape) != (n_anchors, n_neg) or tuple(perm.shape) != (n_neg,):
+        raise ValueError(f"{who}: draws must be lam ({n_anchors}, {n_neg}) and perm ({n_neg},), got "
+                         f"{tuple(lam.shape)} and {tuple(perm.shape)}")
+    return lam, perm
+
+
+def mix_negatives(neg: Tensor, alpha: float | None, generator: torch.Generator | None,
+                  draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Beta-mixup of each anchor's negatives, ``neg (A, K, D) -> (A, K, D)`` (method doc 2.5).
 
-    ``alpha`` None or <= 0 disables mixing (returns ``neg``).
+    ``alpha`` None or <= 0 disables mixing (returns ``neg``). ``draws``: the ``(lam, perm)`` of
+    :func:`draw_mixup` drawn beforehand (then ``generator`` is not used), so the computation itself
+    is free of random draws and can be compiled into one graph.
     """
     if neg.dim() != 3:
         raise ValueError(f"mix_negatives: neg must be (A, K, D), got {tuple(neg.shape)}")
     if not mixup_enabled(alpha):
         return neg
     a, k, _ = neg.shape
-    lam, perm = draw_mixup(a, k, alpha, generator, neg.device)
+    lam, perm = (_check_draws(draws, a, k, "mix_negatives") if draws is not None
+                 else draw_mixup(a, k, alpha, generator, neg.device))
     lam = lam.to(neg.dtype)[:, :, None]  # (A, K, 1)
     return lam * neg + (1.0 - lam) * neg[:, perm]
 
@@ -134,7 +146,8 @@ def _other_rows(n: int, device: torch.device) -> Tensor:
 
 
 def face_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float, neg_alpha: float | None,
-                          generator: torch.Generator | None = None) -> Tensor:
+                          generator: torch.Generator | None = None,
+                          draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Face-aware InfoNCE with in-batch, Beta-mixed negatives (method doc 2.5).
 
     ``z1, z2 (B, D)``: projected features of the two views of each image. Anchors are the 2B rows of
@@ -145,7 +158,8 @@ def face_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float, neg_alpha:
     ``b = z_idx[i, pi(j)]`` and ``q`` the normalised anchor,
     ``cos(q, lam a + (1 - lam) b) = (lam q.a + (1 - lam) q.b) / ||lam a + (1 - lam) b||`` and
     ``||.||^2 = lam^2 a.a + (1 - lam)^2 b.b + 2 lam (1 - lam) a.b``; all dot products come from two
-    ``(2B, 2B)`` Gram matrices.
+    ``(2B, 2B)`` Gram matrices. ``draws``: :func:`draw_mixup` ``(2B, 2B - 2)`` made beforehand
+    (see :func:`mix_negatives`).
     """
     if z1.dim() != 2 or z1.shape != z2.shape:
         raise ValueError(f"face_contrastive_loss: z1 and z2 must both be (B, D), got {tuple(z1.shape)} "
@@ -164,7 +178,8 @@ def face_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float, neg_alpha:
         idx = _other_rows(n, z.device)  # (2B, 2B - 2)
         qz = qn @ z.T  # (2B, 2B): q_i . z_j
         if mixup_enabled(neg_alpha):
-            lam, perm = draw_mixup(n, n - 2, neg_alpha, generator, z.device)  # (2B, 2B-2), (2B-2,)
+            lam, perm = (_check_draws(draws, n, n - 2, "face_contrastive_loss") if draws is not None
+                         else draw_mixup(n, n - 2, neg_alpha, generator, z.device))  # (2B, 2B-2), (2B-2,)
             idx_b = idx[:, perm]  # (2B, 2B - 2): the partner negative of each slot
             zz = z @ z.T  # (2B, 2B)
             sq = zz.diagonal()  # (2B,)
@@ -182,14 +197,15 @@ def face_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float, neg_alpha:
 
 
 def pose_contrastive_loss(z_pos: Tensor, z_neg: Tensor, temperature: float, neg_alpha: float | None,
-                          generator: torch.Generator | None = None) -> Tensor:
+                          generator: torch.Generator | None = None,
+                          draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Pose-related InfoNCE (method doc 2.6).
 
     ``z_pos (B, 2, D)``: the two un-flipped views of each image; ``z_neg (B, K, D)``: that image's K
     negatives (which images they come from is the caller's choice: the authors' chunking quirk of
     2.6 is a re-indexing of ``z_neg`` before this call). Anchors are both views (2B, ordered view 1
     of every image, then view 2); each anchor's set of K negatives is mixed with its own lambdas, the
-    permutation being shared by all anchors.
+    permutation being shared by all anchors. ``draws``: :func:`draw_mixup` ``(2B, K)`` made beforehand.
     """
     if z_pos.dim() != 3 or z_pos.shape[1] != 2 or z_neg.dim() != 3 or z_neg.shape[0] != z_pos.shape[0] \
             or z_neg.shape[2] != z_pos.shape[2]:
@@ -200,7 +216,7 @@ def pose_contrastive_loss(z_pos: Tensor, z_neg: Tensor, temperature: float, neg_
     k = torch.cat([z_pos[:, 1], z_pos[:, 0]], dim=0)  # (2B, D)
     neg = torch.cat([z_neg, z_neg], dim=0).float()  # (2B, K, D): shared by the two views of an image
     with no_autocast(neg.device):
-        neg = mix_negatives(neg, neg_alpha, generator)
+        neg = mix_negatives(neg, neg_alpha, generator, draws)
     return info_nce_with_negatives(q, k, neg, temperature)
 
 
@@ -223,8 +239,14 @@ class FaceContrastiveLoss(nn.Module):
         self.temperature = float(temperature)
         self.neg_alpha = None if neg_alpha is None else float(neg_alpha)
 
-    def forward(self, z1: Tensor, z2: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return face_contrastive_loss(z1, z2, self.temperature, self.neg_alpha, generator)
+    def draw(self, batch: int, generator: torch.Generator | None, device: torch.device | str):
+        """The mixup draws for ``batch`` images (2 x batch anchors), or None without mixup."""
+        n = 2 * batch
+        return draw_mixup(n, n - 2, self.neg_alpha, generator, device) if mixup_enabled(self.neg_alpha) else None
+
+    def forward(self, z1: Tensor, z2: Tensor, generator: torch.Generator | None = None,
+                draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        return face_contrastive_loss(z1, z2, self.temperature, self.neg_alpha, generator, draws)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, neg_alpha={self.neg_alpha}"
@@ -239,8 +261,15 @@ class PoseContrastiveLoss(nn.Module):
         self.temperature = float(temperature)
         self.neg_alpha = None if neg_alpha is None else float(neg_alpha)
 
-    def forward(self, z_pos: Tensor, z_neg: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return pose_contrastive_loss(z_pos, z_neg, self.temperature, self.neg_alpha, generator)
+    def draw(self, batch: int, n_neg: int, generator: torch.Generator | None, device: torch.device | str):
+        """The mixup draws for ``batch`` images of ``n_neg`` negatives, or None without mixup."""
+        if not mixup_enabled(self.neg_alpha):
+            return None
+        return draw_mixup(2 * batch, n_neg, self.neg_alpha, generator, device)
+
+    def forward(self, z_pos: Tensor, z_neg: Tensor, generator: torch.Generator | None = None,
+                draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        return pose_contrastive_loss(z_pos, z_neg, self.temperature, self.neg_alpha, generator, draws)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, neg_alpha={self.neg_alpha}"

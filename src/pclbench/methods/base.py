@@ -70,6 +70,28 @@ class Method(nn.Module):
         scaler.step(optimizer)
         scaler.update()
 
+    def compile_modules(self, mode: str | None = "default", **compile_kwargs) -> list[str]:
+        """``torch.compile`` (in place, ``nn.Module.compile``) every network the steps call.
+
+        The steps call an encoder's stages through ``forward_trunk`` / ``forward_face`` / ... rather
+        than its ``forward``, so an encoder (anything with ``forward_trunk``) has each of its children
+        compiled; every other child with parameters (projections, predictors, decoder, momentum
+        copies) is compiled whole. Parameter-free children (losses) stay eager. Returns the names
+        compiled. In-place compilation keeps ``state_dict`` keys, so checkpoints do not change.
+        ``compile_kwargs`` go to ``torch.compile`` (e.g. ``backend``). A method may compile whole
+        steps instead (PCL does).
+        """
+        done = []
+        for name, child in self.named_children():
+            if hasattr(child, "forward_trunk"):
+                for sub_name, sub in child.named_children():
+                    sub.compile(mode=mode, **compile_kwargs)
+                    done.append(f"{name}.{sub_name}")
+            elif any(True for _ in child.parameters()):
+                child.compile(mode=mode, **compile_kwargs)
+                done.append(name)
+        return done
+
     def epoch_end(self, epoch: int, epoch_means: Mapping[str, float]) -> None:
         """Called after each epoch with the epoch means of the logged values (DWA update)."""
 

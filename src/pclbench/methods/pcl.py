@@ -25,7 +25,7 @@ Faithful / fixed switches (method doc 6, 7; the fixed behaviour is the default):
   Adam skips the modules a step does not use.
 
 Ablations (the paper's ablation table, method doc 5.1; ``pcl.ablation``, every flag true = full PCL;
-one override file per variant in ``config/ablations/``):
+one named variant each in ``config/config.yaml`` ``variants``, e.g. ``pcl_wo_pdd``):
 
 - ``pdd: false`` ("w/o PDD"): no pfe step at all, so no decoder, no reconstruction AND no L_orth
   (L_orth is part of the PDD objective L_pfe, 2.4); the ``pfe`` batch stream is not drawn.
@@ -47,12 +47,13 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConfigError, from_dict
-from ..distributed import all_gather_with_grad
+from ..distributed import all_gather_with_grad, world_size
 from ..losses import DifferenceLoss, DynamicWeightAverage, FaceContrastiveLoss, PoseContrastiveLoss
 from ..losses import FLIP_SWAP_TERMS, flip_swap_reconstruction
 from ..models import ModelConfig, build_decoder, build_encoder_from_config, build_projection
 from ..models.heads import Decoder
-from ..views import ViewConfig, add_noise, face_views, pose_views, resize
+from ..views import (ViewConfig, add_noise, apply_face_views, apply_pose_views, check_images, draw_face_views,
+                     draw_pose_views, resize)
 from . import METHODS
 from .base import Method
 
@@ -148,6 +149,7 @@ class PCL(Method):
 
     name = "pcl"
     trainable = True
+    _compiled = False  # set by compile_modules
     config_sections = ("model", "pcl", "views")
     # "face" / "pose" are the DWA tasks; their unweighted CE epoch means drive the weights (2.8).
     _DWA_TASKS = ("face", "pose")
@@ -222,10 +224,19 @@ class PCL(Method):
         """PDD step (2.1-2.4) on ``x (B, 3, S, S)`` in [0, 1]."""
         x = resize(x, self.img_size)  # (B, 3, 64, 64): clean target s
         x_flip = x.flip(-1)  # (B, 3, 64, 64): clean target s^
-        b = x.shape[0]
         # Independent noise on s and s^; the encoder has no normalisation layer, so one pass over
         # the 2B stacked images equals two passes.
         noisy = add_noise(torch.cat([x, x_flip], dim=0), self.cfg.noise_std, generator)  # (2B, 3, 64, 64)
+        loss, logs = self._pfe_loss(noisy, x, x_flip)
+        self._step(loss, optimizer, scaler)
+        return self._keep(logs)
+
+    def _pfe_loss(self, noisy: Tensor, x: Tensor, x_flip: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """L_pfe of the noisy pair ``noisy (2B, 3, 64, 64)`` = [s + n; s^ + n'] and the clean targets.
+
+        Free of random draws (the noise is an input), so :meth:`compile_modules` can compile the
+        whole forward and backward of the step into one graph."""
+        b = x.shape[0]
         with self._autocast(x):
             _, face, pose = self.encoder.forward_maps(noisy)  # (2B, C, h, w) each
             face, pose = face.flatten(1), pose.flatten(1)  # (2B, D)
@@ -241,42 +252,76 @@ class PCL(Method):
             loss = self.cfg.recon_weight * rec["total"]
             if self.cfg.ablation.orth:
                 loss = loss + orth
-        self._step(loss, optimizer, scaler)
-        return {"loss_pfe": loss.detach(), "loss_orth": orth.detach(),
-                **{f"loss_{k}": v.detach() for k, v in rec.items() if k != "total"}}
+        return loss, {"loss_pfe": loss.detach(), "loss_orth": orth.detach(),
+                      **{f"loss_{k}": v.detach() for k, v in rec.items() if k != "total"}}
 
     def face_step(self, x: Tensor, weight: float, optimizer: torch.optim.Optimizer,
                   scaler: torch.amp.GradScaler, generator: torch.Generator) -> dict[str, Tensor]:
         """Face-aware contrastive step (2.5, 3.2) on ``x (B, 3, H, W)`` at the shard's resolution."""
-        v1, v2 = face_views(x, self.views, self.img_size, generator)  # (B, 3, 64, 64) each
+        x = check_images(x, generator, "face_step")
+        # Every random number first, in the order of face_views then the loss (views: crop boxes and
+        # photometric parameters; mixup for the GLOBAL batch of negatives under DDP).
+        view_draws = draw_face_views(x.shape, self.views, generator, x.device)
+        draws = self.face_loss.draw(x.shape[0] * world_size(), generator, x.device)
+        ce = self._face_loss(x, view_draws, draws)
+        self._step(weight * ce, optimizer, scaler)
+        return self._keep({"loss_face": ce.detach()})
+
+    def _face_loss(self, x: Tensor, view_draws: Mapping[str, Any], draws: tuple[Tensor, Tensor] | None) -> Tensor:
+        """Unweighted L_face of ``x (B, 3, H, W)``: its two views (3.2) -> trunk -> face head ->
+        exp_fc -> InfoNCE. No random draws inside (they are arguments)."""
+        v1, v2 = apply_face_views(x, view_draws, self.views, self.img_size)  # (B, 3, 64, 64) each
         b = v1.shape[0]
-        with self._autocast(x):
+        with self._autocast(v1):
             trunk = self.encoder.forward_trunk(torch.cat([v1, v2], dim=0))  # (2B, C, h, w)
             z = self.exp_fc(self.encoder.forward_face(trunk).flatten(1))  # (2B, out_dim), one BN batch
             # In-batch negatives over the GLOBAL batch under DDP (identity with one process); the
             # gather scales gradients by the world size to cancel the trainer's averaging.
             z1, z2 = all_gather_with_grad(z[:b]), all_gather_with_grad(z[b:])  # (W B, out_dim) each
-            ce = self.face_loss(z1, z2, generator)
-            loss = weight * ce
-        self._step(loss, optimizer, scaler)
-        return {"loss_face": ce.detach()}
+            return self.face_loss(z1, z2, draws=draws)
 
     def pose_step(self, x: Tensor, weight: float, optimizer: torch.optim.Optimizer,
                   scaler: torch.amp.GradScaler, generator: torch.Generator) -> dict[str, Tensor]:
         """Pose contrastive step (2.6, 3.3) on ``x (P, 3, H, W)``; only trunk, pose head and pose_fc."""
+        x = check_images(x, generator, "pose_step")
+        p, k = x.shape[0], self.cfg.n_negatives
+        view_draws = draw_pose_views(p, k, self.views, generator, x.device)
+        draws = self.pose_loss.draw(p, k, generator, x.device)
+        ce = self._pose_loss(x, view_draws, draws)
+        self._step(weight * ce, optimizer, scaler)
+        return self._keep({"loss_pose": ce.detach()})
+
+    def _keep(self, logs: dict[str, Tensor]) -> dict[str, Tensor]:
+        # Outputs of a CUDA-graph replay (compile mode reduce-overhead) are overwritten by the next
+        # replay; the trainer keeps the logged values longer, so they are copied (scalars: free).
+        return {k: v.clone() for k, v in logs.items()} if self._compiled else logs
+
+    def _pose_loss(self, x: Tensor, view_draws: Mapping[str, Tensor], draws: tuple[Tensor, Tensor] | None) -> Tensor:
+        """Unweighted L_pose of ``x (P, 3, H, W)``: P x (2 positives + K flipped negatives) views (3.3)
+        -> trunk -> pose head -> pose_fc -> InfoNCE. No random draws inside."""
         k = self.cfg.n_negatives
-        pos, neg = pose_views(x, k, self.views, self.img_size, generator)  # (P, 2, 3, S, S), (P, K, 3, S, S)
+        pos, neg = apply_pose_views(x, k, view_draws, self.views, self.img_size)  # (P, 2, 3, S, S), (P, K, ...)
         p = pos.shape[0]
         imgs = torch.cat([pos.flatten(0, 1), neg.flatten(0, 1)], dim=0)  # (P (2 + K), 3, S, S)
-        with self._autocast(x):
+        with self._autocast(imgs):
             trunk = self.encoder.forward_trunk(imgs)
             z = self.pose_fc(self.encoder.forward_pose(trunk).flatten(1))  # (P (2 + K), out_dim)
             z_pos = z[: 2 * p].reshape(p, 2, -1)  # (P, 2, out_dim)
             z_neg = pose_negative_sets(z[2 * p:].reshape(p, k, -1), self.cfg.pose_negatives)  # (P, K, out_dim)
-            ce = self.pose_loss(z_pos, z_neg, generator)
-            loss = weight * ce
-        self._step(loss, optimizer, scaler)
-        return {"loss_pose": ce.detach()}
+            return self.pose_loss(z_pos, z_neg, draws=draws)
+
+    def compile_modules(self, mode: str | None = "default", **compile_kwargs) -> list[str]:
+        """Compile each step's forward pass AND loss as one graph (``torch.compile(mode=mode)``).
+
+        The steps draw their random numbers (views, noise, mixup) before calling these functions,
+        so the compiled graphs are deterministic functions of their inputs; with
+        ``mode="reduce-overhead"`` forward and backward are replayed as CUDA graphs. Parameters and
+        state_dict keys are untouched.
+        """
+        for name in ("_pfe_loss", "_face_loss", "_pose_loss"):
+            setattr(self, name, torch.compile(getattr(self, name), mode=mode, **compile_kwargs))
+        self._compiled = True
+        return ["_pfe_loss", "_face_loss", "_pose_loss"]
 
     @torch.no_grad()
     def swap_grid(self, x: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ ONE batch stream ``"images"`` of ``pretrain.batch_size`` frames, makes two views
 (:func:`pclbench.augment.two_views`) and makes ONE optimiser step per iteration.
 
 Readout: the objectives act on the flattened TRUNK output (``encoder.forward_trunk``, the
-``probe.readout: trunk`` feature the tables report); the face and pose heads of the FaceCycle
+``trunk`` readout of the probes); the face and pose heads of the FaceCycle
 encoder are not used by the baselines and stay at their initialisation.
 
 Distributed training: in-batch negatives / keys from other ranks pass through :func:`gather`

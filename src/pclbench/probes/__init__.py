@@ -1,57 +1,28 @@
 """Linear evaluation of frozen facial representations on four tasks (method doc section 4).
 
-``TASKS`` maps a task name to its run function (expression, verification, au, pose);
-:func:`run_task` is the stage-5 entry point of docs/architecture.md. Every task reads the cached
-features of stage 4 and the aligned manifest of stage 2, selects hyperparameters on validation data
-only (never on test, the fix of method doc 6.1 item 1), and returns a plain-JSON result dict.
+``TASKS`` maps a task name to its module (expression, verification, au, pose); each module has
+``run(bench, roots, config, probe, seed, readout) -> run dict`` and may have ``training_free(config)``
+and ``describe(probe, config)``. :func:`run_benchmark` (:mod:`pclbench.probes.benchmark`) is the
+stage-5 entry point of docs/architecture.md: one (method, benchmark) job running every readout x seed
+on the cached features of stage 4 and the aligned manifests of stage 2. Under the default ``clean``
+protocol every hyperparameter is selected on validation data carved from the training data (never on
+test, the fix of method doc 6.1 item 1); ``paper`` reproduces the authors' best-test-epoch selection.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import torch
-
-from ..config import from_dict
 from ..registry import Registry
 from . import au, expression, pose, verification
-from .linear import ProbeConfig
+from .benchmark import PRIMARY, Benchmark, DataRef, Roots, run_benchmark, sample_stats, summarize
 
-TaskFn = Callable[[Path, Path, Path, dict, int, str], dict]
-
-TASKS: Registry[TaskFn] = Registry("task")
-TASKS.register("expression")(expression.run)
-TASKS.register("verification")(verification.run)
-TASKS.register("au")(au.run)
-TASKS.register("pose")(pose.run)
-
-
-def run_task(task: str, features_dir: Path, aligned_dir: Path, raw_dir: Path, config: dict, seed: int,
-             method: str) -> dict:
-    """Run probe ``task`` for ``method`` on the features in ``features_dir``.
-
-    ``features_dir`` = ``results/features/<method>/<dataset>/``, ``aligned_dir`` = ``data/aligned/<dataset>/``,
-    ``raw_dir`` = ``data/raw/<dataset>/`` (read by verification for ``pairs.csv``); ``config`` is the whole
-    config dict (sections ``probe`` and ``tasks.<task>`` are read; ``methods.<method>`` is copied into the
-    result as ``method_info``). Accuracy/F1 metrics are percentages (keys end in ``_pct``), MAE in
-    degrees (``_deg``).
-    """
-    fn = TASKS.get(task)
-    if "probe" not in config or "tasks" not in config or task not in config["tasks"]:
-        raise KeyError(f"config needs sections probe and tasks.{task}")
-    threads = from_dict(ProbeConfig, config["probe"], "probe").check().num_threads
-    before = torch.get_num_threads()
-    if threads:
-        # probe-sized tensors: extra threads mostly spin, and on a shared machine they contend
-        torch.set_num_threads(threads)
-    try:
-        return fn(Path(features_dir), Path(aligned_dir), Path(raw_dir), config, int(seed), method)
-    finally:
-        torch.set_num_threads(before)
+TASKS: Registry[Any] = Registry("task")
+for _name, _module in (("expression", expression), ("verification", verification), ("au", au), ("pose", pose)):
+    TASKS.register(_name)(_module)
 
 
 def _json_safe(obj: Any) -> Any:
@@ -80,14 +51,13 @@ def save_result(result: dict, path: Path) -> Path:
 
 
 def load_results(probes_dir: Path) -> list[dict]:
-    """Every probe result under ``probes_dir`` (``<method>/<task>.json``, or ``<task>.<suffix>.json``
-    / ``<task>_<suffix>.json`` for e.g. several seeds), each with ``source`` = its path relative to
-    ``probes_dir``. Other JSON files (``run.json`` provenance) are not results and are skipped."""
+    """Every probe result under ``probes_dir`` (``<method>/<benchmark>.json``), each with ``source`` =
+    its path relative to ``probes_dir``. JSON files that are not results (``run.json`` provenance,
+    ``*.run.json``) are skipped; a file that looks like a result but lacks task/method is an error."""
     probes_dir = Path(probes_dir)
-    pattern = re.compile(r"^(%s)([._-].*)?$" % "|".join(map(re.escape, TASKS.names())))
     out = []
     for p in sorted(probes_dir.rglob("*.json")):
-        if p.name.startswith(".") or not pattern.match(p.stem):
+        if p.name.startswith(".") or p.name == "run.json" or p.name.endswith(".run.json"):
             continue
         try:
             r = json.loads(p.read_text())
@@ -100,4 +70,5 @@ def load_results(probes_dir: Path) -> list[dict]:
     return out
 
 
-__all__ = ["TASKS", "run_task", "save_result", "load_results"]
+__all__ = ["TASKS", "PRIMARY", "Benchmark", "DataRef", "Roots", "run_benchmark", "sample_stats", "summarize",
+           "save_result", "load_results"]

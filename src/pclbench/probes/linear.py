@@ -21,14 +21,16 @@ epoch. Here (the clean protocol, section 7 "fixed" mode):
   with a per-column rescaled weight decay, and it lets a few hundred Adam steps reach
   coefficients of tens of degrees.
 * Optimisers (``tasks.<task>.train.optimizer``): ``lbfgs`` = full-batch L-BFGS with a strong-Wolfe
-  line search, one iteration per "epoch", plus the L2 penalty 0.5 * wd * ||W||^2; it reaches the
+  line search (up to ``LBFGS_MAX_EVAL`` loss evaluations; torch's default leaves it none when one
+  iteration runs per call, which froze the probe), one iteration per "epoch", plus the L2 penalty
+  0.5 * wd * ||W||^2; given enough iterations it reaches the
   regularised optimum of the convex CE/BCE problems, so the result does not depend on the optimiser
   path. ``adam`` (coupled L2 weight decay, as the authors' Adam) and ``adamw`` (decoupled), full- or
   mini-batch with a cosine or constant schedule; needed for L1, which is not smooth. Full-batch Adam
   behaves like sign descent: it grows the weights of pure-noise dimensions as fast as informative
   ones, so it relies on the epoch selection more than L-BFGS does.
-* The linear layer starts at zero, so only the mini-batch order depends on the seed. The bias is
-  not weight-decayed.
+* The linear layer starts at zero, so the seed only draws the validation split and the mini-batch
+  order (full-batch L-BFGS is deterministic). The bias is not weight-decayed.
 * Hyperparameters -- learning rate, weight decay (grids) and the epoch (every ``eval_every`` epochs
   and the last) -- are selected on a validation split carved from the TRAINING data
   (:mod:`pclbench.probes.splits`, subject-disjoint when subjects exist). The test set is never
@@ -37,11 +39,13 @@ epoch. Here (the clean protocol, section 7 "fixed" mode):
   with the same schedule, stopped at the selected epoch, and reports that model on test (uses all
   labelled training data, the usual final step); ``train_only`` reports the selected train-only
   model itself.
+* ``probe.protocol: paper`` reproduces the authors' selection instead (4.1, 4.2, A.1): no validation
+  split, the probe trains on all training data and the TEST score of every checkpoint of the grid is
+  computed; the best one is reported (optimistic by construction: the clean ``train_val`` model is
+  one of its candidates). Result files say which protocol produced them.
 
-The selection keeps a per-checkpoint :class:`Record` of validation (and, for ``train_only``, test)
-outputs and :func:`select_checkpoint` picks one by its score. A "paper protocol" (the best TEST epoch,
-as the authors did) only needs to keep the test outputs, score them into the records and pick with
-the same function.
+The selection keeps a per-checkpoint :class:`Record` of outputs and :func:`select_checkpoint` picks
+one by its score (validation score for ``clean``, test score for ``paper``).
 """
 from __future__ import annotations
 
@@ -67,11 +71,16 @@ Loss = Literal["ce", "bce", "l1"]
 ScoreFn = Callable[[np.ndarray, np.ndarray], float]
 
 
+READOUTS = ("trunk", "face", "pose", "concat")
+
+
 @dataclass
 class ProbeConfig:
-    """Section ``probe``: settings shared by every task."""
+    """Section ``probe``: settings shared by every task (method doc 4, 6.1 item 1)."""
 
-    readout: Literal["trunk", "face", "pose", "concat"]
+    readouts: list[str]  # subset of READOUTS; every one is probed in the same job
+    n_seeds: int  # seeds = master seed + k, k = 0..n_seeds-1
+    protocol: Literal["clean", "paper"]
     device: str  # auto | cpu | cuda | cuda:<index>
     standardize: bool
     refit: Literal["train_val", "train_only"]
@@ -81,6 +90,12 @@ class ProbeConfig:
     def check(self, where: str = "probe") -> "ProbeConfig":
         from ..config import ConfigError
 
+        if not self.readouts or any(r not in READOUTS for r in self.readouts):
+            raise ConfigError(f"{where}.readouts must be a non-empty list of {list(READOUTS)}, got {self.readouts}")
+        if len(set(self.readouts)) != len(self.readouts):
+            raise ConfigError(f"{where}.readouts has duplicates: {self.readouts}")
+        if self.n_seeds < 1:
+            raise ConfigError(f"{where}.n_seeds must be >= 1, got {self.n_seeds}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"{where}.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.num_threads < 0:
@@ -89,13 +104,18 @@ class ProbeConfig:
             raise ConfigError(f"{where}.device must be auto, cpu, cuda or cuda:<index>, got {self.device!r}")
         return self
 
-    def protocol(self) -> str:
-        """One line for result files and table footnotes."""
+    def describe(self) -> str:
+        """One line for result files and table footnotes (``protocol_description``)."""
+        feats = f"features {'standardised' if self.standardize else 'raw'}"
+        if self.protocol == "paper":
+            return ("paper protocol (the authors' selection, method doc 4.1 / 6.1 item 1): trained on all "
+                    "training data, the test set scored at every evaluation epoch of every (lr, weight decay), "
+                    f"the BEST TEST score reported (optimistic); {feats}")
         refit = ("refit on train+validation at the selected setting" if self.refit == "train_val"
                  else "train-only model at the selected setting")
-        return (f"validation-selected (lr, weight decay, epoch) on {self.val_fraction:.0%} of the training "
-                f"data (subject-disjoint when subjects are known), {refit}; test scored once; "
-                f"features {'standardised' if self.standardize else 'raw'}")
+        return (f"clean protocol: (lr, weight decay, epoch) selected on {self.val_fraction:.0%} of the training "
+                f"data carved as validation (subject-disjoint when subjects are known), {refit}; test scored "
+                f"once; {feats}")
 
 
 @dataclass
@@ -127,6 +147,9 @@ class TrainConfig:
                               f"batch_size 0 and lr_schedule constant, got {self.batch_size} and "
                               f"{self.lr_schedule!r}")
         return self
+
+
+LBFGS_MAX_EVAL = 25  # loss evaluations one L-BFGS iteration (its line search) may use
 
 
 def resolve_device(device: str) -> torch.device:
@@ -176,77 +199,98 @@ def _predict(model: torch.nn.Module, x: torch.Tensor, batch: int) -> torch.Tenso
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
-def train_linear(x: torch.Tensor, y: torch.Tensor, loss: Loss, out_dim: int, *, lr: float,
-                 weight_decay: float, cfg: TrainConfig, seed: int,
-                 eval_sets: dict[str, torch.Tensor] | None = None, stop_epoch: int | None = None,
-                 target_scale: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Checkpoint]:
-    """Train one zero-initialised Linear(D, out_dim) on (x (N, D), already standardised, y) and
-    return its outputs on ``eval_sets`` at every ``cfg.eval_every``-th epoch and the last one.
+def optimise_linear(model: torch.nn.Linear, batch_loss: Callable[[Any], torch.Tensor], n: int, *, lr: float,
+                    weight_decay: float, cfg: TrainConfig, seed: int, stop_epoch: int | None,
+                    evaluate: Callable[[int], Any]) -> list:
+    """The probes' optimisation of one Linear layer: ``batch_loss(idx)`` is the loss of the samples
+    ``idx`` (``slice(None)`` = all ``n``); returns ``evaluate(epoch)`` at every ``cfg.eval_every``-th
+    epoch and the last one. The bias is never decayed.
 
     The learning-rate schedule always spans ``cfg.epochs`` epochs; ``stop_epoch`` ends training
-    early (refit at a selected epoch sees the same schedule as the selection run). ``target_scale``
-    = (mean, std) maps the outputs back to target units (L1 with standardised targets).
+    early (refit at a selected epoch sees the same schedule as the selection run).
     """
-    eval_sets = eval_sets or {}
-    n = len(x)
     last = cfg.epochs if stop_epoch is None else stop_epoch
     if not 1 <= last <= cfg.epochs:
         raise ValueError(f"stop_epoch {stop_epoch} outside 1..{cfg.epochs}")
-    model = torch.nn.Linear(x.shape[1], out_dim, device=x.device)
-    torch.nn.init.zeros_(model.weight)
-    torch.nn.init.zeros_(model.bias)
     bs = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
     steps_per_epoch = math.ceil(n / bs)
     total = cfg.epochs * steps_per_epoch
     gen = torch.Generator().manual_seed(seed)
-    eval_batch = max(bs, 4096)
     if cfg.optimizer == "lbfgs":
         # one L-BFGS iteration (strong-Wolfe line search) per "epoch"; its history persists across
         # calls. L2 penalty 0.5 * wd * ||W||^2 = the coupled weight decay of Adam/SGD.
-        opt = torch.optim.LBFGS(model.parameters(), lr=lr, max_iter=1,
+        # max_eval must be set: torch's default max_iter * 5 // 4 = 1 leaves the line search ONE
+        # function evaluation per call; it then fails from about the 6th iteration on and the probe
+        # froze far from the optimum (measured on random-encoder features: cross-entropy stuck at 1.78
+        # while the regularised optimum is 1.06, test accuracy 18% where converged logistic
+        # regression and ridge reach 25-28%). 25 = the line search's own limit.
+        opt = torch.optim.LBFGS(model.parameters(), lr=lr, max_iter=1, max_eval=LBFGS_MAX_EVAL,
                                 line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
             opt.zero_grad(set_to_none=True)
-            value = _loss(loss, model(x), y) + 0.5 * weight_decay * model.weight.pow(2).sum()
+            value = batch_loss(slice(None)) + 0.5 * weight_decay * model.weight.pow(2).sum()
             value.backward()
             return value
     else:
         groups = [{"params": [model.weight], "weight_decay": weight_decay},
                   {"params": [model.bias], "weight_decay": 0.0}]
         opt = (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(groups, lr=lr)
-    checkpoints: list[Checkpoint] = []
+    results = []
     step = 0
     for epoch in range(1, last + 1):
         if cfg.optimizer == "lbfgs":
             opt.step(closure)
         else:
-            order = torch.randperm(n, generator=gen).to(x.device) if bs < n else None
+            order = torch.randperm(n, generator=gen).to(model.weight.device) if bs < n else None
             for i in range(steps_per_epoch):
                 if cfg.lr_schedule == "cosine":
                     cur = 0.5 * lr * (1.0 + math.cos(math.pi * step / total))
                     for g in opt.param_groups:
                         g["lr"] = cur
                 idx = order[i * bs:(i + 1) * bs] if order is not None else slice(None)
-                out = model(x[idx])  # (B, K)
                 opt.zero_grad(set_to_none=True)
-                _loss(loss, out, y[idx]).backward()
+                batch_loss(idx).backward()
                 opt.step()
                 step += 1
         if epoch == last or (stop_epoch is None and epoch % cfg.eval_every == 0):
-            outs = {}
-            for name, xe in eval_sets.items():
-                o = _predict(model, xe, eval_batch)
-                if target_scale is not None:
-                    o = o * target_scale[1] + target_scale[0]
-                outs[name] = o.float().cpu().numpy()
-            checkpoints.append(Checkpoint(epoch, outs))
-    return checkpoints
+            results.append(evaluate(epoch))
+    return results
+
+
+def train_linear(x: torch.Tensor, y: torch.Tensor, loss: Loss, out_dim: int, *, lr: float,
+                 weight_decay: float, cfg: TrainConfig, seed: int,
+                 eval_sets: dict[str, torch.Tensor] | None = None, stop_epoch: int | None = None,
+                 target_scale: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Checkpoint]:
+    """Train one zero-initialised Linear(D, out_dim) on (x (N, D), already standardised, y) and
+    return its outputs on ``eval_sets`` at every ``cfg.eval_every``-th epoch and the last one
+    (:func:`optimise_linear`). ``target_scale`` = (mean, std) maps the outputs back to target units
+    (L1 with standardised targets).
+    """
+    eval_sets = eval_sets or {}
+    model = torch.nn.Linear(x.shape[1], out_dim, device=x.device)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)
+    n = len(x)
+    eval_batch = max(n if cfg.batch_size == 0 else min(cfg.batch_size, n), 4096)
+
+    def evaluate(epoch: int) -> Checkpoint:
+        outs = {}
+        for name, xe in eval_sets.items():
+            o = _predict(model, xe, eval_batch)
+            if target_scale is not None:
+                o = o * target_scale[1] + target_scale[0]
+            outs[name] = o.float().cpu().numpy()
+        return Checkpoint(epoch, outs)
+
+    return optimise_linear(model, lambda idx: _loss(loss, model(x[idx]), y[idx]), n, lr=lr,
+                           weight_decay=weight_decay, cfg=cfg, seed=seed, stop_epoch=stop_epoch, evaluate=evaluate)
 
 
 @dataclass
 class Record:
-    """One candidate of the selection grid: (lr, weight decay, epoch) and its validation score."""
+    """One candidate of the selection grid: (lr, weight decay, epoch) and its selection score (on
+    validation for the clean protocol, on test for the paper protocol)."""
 
     lr: float
     weight_decay: float
@@ -256,8 +300,8 @@ class Record:
 
 
 def select_checkpoint(records: Sequence[Record], higher_is_better: bool) -> Record:
-    """The record with the best validation score; ties go to the earliest record (grid order, then
-    epoch). A nan score never wins."""
+    """The record with the best score; ties go to the earliest record (grid order, then epoch). A
+    nan score never wins."""
     best = None
     for r in records:
         if math.isnan(r.val_score):
@@ -265,7 +309,7 @@ def select_checkpoint(records: Sequence[Record], higher_is_better: bool) -> Reco
         if best is None or (r.val_score > best.val_score if higher_is_better else r.val_score < best.val_score):
             best = r
     if best is None:
-        raise RuntimeError("every candidate of the selection grid has an undefined validation score")
+        raise RuntimeError("every candidate of the selection grid has an undefined score")
     return best
 
 
@@ -274,8 +318,8 @@ class ProbeOutcome:
     """What a task needs from :func:`fit_probe`."""
 
     test_outputs: np.ndarray  # (N_test, K), target units (logits for ce/bce)
-    val_outputs: np.ndarray  # (N_val, K) of the SELECTED train-only model
-    val_index: np.ndarray  # rows of the training data used as validation
+    val_outputs: np.ndarray  # (N_val, K) of the SELECTED train-only model (paper: its outputs on the fit set)
+    val_index: np.ndarray  # rows of the training data behind val_outputs
     selected: dict[str, Any]
     grid: list[dict[str, Any]]
     n_train: int
@@ -294,12 +338,23 @@ def _to_tensor(a: np.ndarray, device: torch.device, loss: Loss | None = None) ->
 def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, loss: Loss,
               out_dim: int, probe: ProbeConfig, train: TrainConfig, score: ScoreFn,
               higher_is_better: bool, seed: int, subjects: Any = None,
-              standardize_targets: bool = False) -> ProbeOutcome:
-    """Carve validation from the training data, select (lr, weight decay, epoch) on it, then refit
-    or keep the train-only model (``probe.refit``) and return its test outputs.
+              standardize_targets: bool = False, y_test: np.ndarray | None = None) -> ProbeOutcome:
+    """Train linear probes over the (lr, weight decay) grid and return the selected one's test outputs.
+
+    ``probe.protocol``:
+
+    * ``clean``: carve validation from the training data (:func:`carve_validation`), select
+      (lr, weight decay, epoch) by ``score`` on it, then refit or keep the train-only model
+      (``probe.refit``). The test set is predicted once, by the final model (``train_only`` keeps
+      the test outputs of every checkpoint, but they are never scored here).
+    * ``paper``: the authors' procedure (method doc 4.1, 4.2, A.1): train on ALL training data,
+      score the TEST set with ``score`` at every evaluation epoch and report the best test checkpoint.
+      Needs ``y_test``. ``val_outputs`` are then the selected model's outputs on the fit set (for
+      rules such as AU thresholds that need held-in predictions) and ``grid`` holds the whole test
+      curve.
 
     ``x_*``: (N, D) float features; ``y_train``: (N,) int labels (ce), (N, L) 0/1 (bce) or (N, C)
-    targets (l1). ``score(outputs, y_val)`` is the task's validation metric.
+    targets (l1). ``score(outputs, y)`` is the task's selection metric.
     """
     t0 = time.perf_counter()
     if len(x_train) != len(y_train):
@@ -308,9 +363,15 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, l
         raise ValueError(f"train features have {x_train.shape[1]} dims, test features {x_test.shape[1]}")
     if standardize_targets and loss != "l1":
         raise ValueError("standardize_targets applies to the L1 regression loss only")
+    paper = probe.protocol == "paper"
+    if paper and (y_test is None or len(y_test) != len(x_test)):
+        raise ValueError("the paper protocol selects on the test set: pass y_test (one label per test row)")
     device = resolve_device(probe.device)
     rng = np.random.default_rng(seed)
-    tr_idx, va_idx = carve_validation(len(x_train), probe.val_fraction, rng, subjects)
+    if paper:
+        tr_idx, va_idx = np.arange(len(x_train)), np.arange(len(x_train))
+    else:
+        tr_idx, va_idx = carve_validation(len(x_train), probe.val_fraction, rng, subjects)
 
     xt = _to_tensor(x_train, device)  # (N, D)
     yt = _to_tensor(y_train, device, loss)
@@ -325,26 +386,27 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, l
         s = torch.where(s > 1e-8, s, torch.ones_like(s))
         return (y - m) / s, (m, s)
 
-    keep_test = probe.refit == "train_only"
+    keep_test = paper or probe.refit == "train_only"
     y_fit, scale = targets(tr)
     std = standardizer(xt[tr], probe.standardize)
     x_fit = std(xt[tr])  # (N_train, D)
-    evals = {"val": std(xt[va])}
+    evals = {"val": x_fit if paper else std(xt[va])}
     if keep_test:
         evals["test"] = std(xte)
+    y_sel = y_test if paper else y_train[va_idx]
     records: list[Record] = []
     for lr, wd in itertools.product(train.lr_grid, train.weight_decay_grid):
         cps = train_linear(x_fit, y_fit, loss, out_dim, lr=lr, weight_decay=wd, cfg=train,
                            seed=seed, eval_sets=evals, target_scale=scale)
         for cp in cps:
-            s = float(score(cp.outputs["val"], y_train[va_idx]))
+            s = float(score(cp.outputs["test" if paper else "val"], y_sel))
             records.append(Record(lr, wd, cp.epoch, s, cp.outputs))
-        log.info("probe lr=%g wd=%g: val score %s", lr, wd,
+        log.info("probe lr=%g wd=%g: %s score %s", lr, wd, "TEST" if paper else "val",
                  ", ".join(f"e{cp.epoch}={records[-len(cps) + i].val_score:.4g}" for i, cp in enumerate(cps)))
     best = select_checkpoint(records, higher_is_better)
     del x_fit, evals
 
-    if probe.refit == "train_val":
+    if probe.refit == "train_val" and not paper:
         y_all, scale_all = targets(slice(None))
         std = standardizer(xt, probe.standardize)
         cp = train_linear(std(xt), y_all, loss, out_dim, lr=best.lr, weight_decay=best.weight_decay, cfg=train,
@@ -354,15 +416,15 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, l
     else:
         test_out, n_fit = best.outputs["test"], len(tr_idx)
 
+    key = "test_score" if paper else "val_score"
     return ProbeOutcome(
         test_outputs=test_out,
         val_outputs=best.outputs["val"],
         val_index=va_idx,
-        selected={"lr": best.lr, "weight_decay": best.weight_decay, "epoch": best.epoch,
-                  "val_score": best.val_score},
-        grid=[{"lr": r.lr, "weight_decay": r.weight_decay, "epoch": r.epoch, "val_score": r.val_score}
-              for r in records],
-        n_train=len(tr_idx), n_val=len(va_idx), n_fit=n_fit,
+        selected={"lr": best.lr, "weight_decay": best.weight_decay, "epoch": best.epoch, key: best.val_score,
+                  "selected_on": "test" if paper else "validation"},
+        grid=[{"lr": r.lr, "weight_decay": r.weight_decay, "epoch": r.epoch, key: r.val_score} for r in records],
+        n_train=len(tr_idx), n_val=0 if paper else len(va_idx), n_fit=n_fit,
         elapsed_s=time.perf_counter() - t0,
     )
 
@@ -440,11 +502,3 @@ def method_info(config: dict, method: str) -> Any:
 def percent(x: float) -> float | None:
     """Fraction -> percentage for result files (papers report %); undefined -> None (JSON null)."""
     return None if x is None or math.isnan(x) else 100.0 * float(x)
-
-
-def result_header(task: str, method: str, dataset: str, probe: ProbeConfig, seed: int, config: dict,
-                  protocol: str | None = None) -> dict[str, Any]:
-    """The fields every task's result dict starts with (architecture.md stage 5)."""
-    return {"task": task, "method": method, "dataset": dataset, "readout": probe.readout,
-            "protocol": protocol if protocol is not None else probe.protocol(), "seed": seed,
-            "method_info": method_info(config, method)}

@@ -1,0 +1,260 @@
+"""Safe extraction of downloaded archives (tar, tar.gz/bz2/xz, zip).
+
+Issue 5, "Dataset registry and acquisition": "Archives are extracted safely: entries with absolute
+paths, `..`, or links pointing outside the target are refused; sizes are bounded (no zip bombs)."
+
+An archive is untrusted input: a mirror can be compromised and the checksum may only have been
+recorded on first download. :func:`extract_archive` therefore
+
+1. scans every entry *before writing anything* and refuses the whole archive if one entry has an
+   absolute path (``/x``, ``C:x``, ``\\\\host``), a ``..`` component, a type other than file /
+   folder / symlink / hardlink (character or block devices, FIFOs), a path below a symlink entry, a
+   symlink whose target is absolute or leaves the target folder, a hardlink to anything but an
+   earlier regular-file entry, or if the entries declare more than ``max_bytes`` in total or number
+   more than ``max_files`` (the zip-bomb guard: a few KiB of deflated zeros can declare gigabytes);
+2. writes into a fresh temporary folder *inside* the target, regular files first, with
+   ``O_NOFOLLOW`` and a running byte count (the declared sizes are not trusted alone), and symlinks
+   last, so no file is ever written through a link created by the archive;
+3. resolves every created symlink with :func:`os.path.realpath` (which follows chains of links
+   physically, catching ``a -> d/s/../x`` where ``d/s -> ..``) and refuses the archive if one lands
+   outside the temporary folder;
+4. only then moves the top-level entries into the target with ``os.rename``. Any failure deletes the
+   temporary folder: nothing is half-extracted and nothing is ever written outside the target.
+
+The standard library's ``tarfile`` ``data`` filter (Python 3.12) covers part of this for tar only and
+is not available on 3.10/3.11, hence one implementation for both formats.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Callable, Iterator, Optional
+
+
+class UnsafeArchive(ValueError):
+    """The archive has an entry that could write outside the target, or exceeds the size limits."""
+
+
+@dataclasses.dataclass
+class _Entry:
+    path: str                       # normalised relative POSIX path ("a/b.txt")
+    kind: str                       # file | dir | symlink | hardlink
+    size: int                       # declared size in bytes (files; 0 otherwise)
+    mode: int                       # permission bits from the archive
+    link: Optional[str] = None      # symlink target (as stored) or hardlink source (normalised)
+    open: Optional[Callable[[], BinaryIO]] = None  # file content reader
+
+
+def _normalise(name: str, archive: Path) -> str:
+    """Relative POSIX path of an entry name, or :class:`UnsafeArchive` for absolute / ``..`` names."""
+    raw = name.replace("\\", "/")  # zip files written on Windows may use backslashes
+    if raw.startswith("/") or (len(raw) >= 2 and raw[1] == ":"):
+        raise UnsafeArchive(f"{archive}: entry {name!r} has an absolute path; refusing the archive")
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchive(f"{archive}: entry {name!r} contains '..' (path traversal); refusing the archive")
+    return "/".join(parts)
+
+
+def _tar_entries(tf: tarfile.TarFile, archive: Path) -> Iterator[_Entry]:
+    for m in tf.getmembers():
+        path = _normalise(m.name, archive)
+        if m.isdir():
+            yield _Entry(path, "dir", 0, m.mode)
+        elif m.isreg():
+            yield _Entry(path, "file", m.size, m.mode, open=lambda m=m: tf.extractfile(m))
+        elif m.issym():
+            yield _Entry(path, "symlink", 0, m.mode, link=m.linkname)
+        elif m.islnk():
+            yield _Entry(path, "hardlink", 0, m.mode, link=_normalise(m.linkname, archive))
+        else:
+            kind = ("character device" if m.ischr() else "block device" if m.isblk() else
+                    "FIFO" if m.isfifo() else f"type {m.type!r}")
+            raise UnsafeArchive(f"{archive}: entry {m.name!r} is a {kind}; refusing the archive")
+
+
+def _zip_entries(zf: zipfile.ZipFile, archive: Path) -> Iterator[_Entry]:
+    for info in zf.infolist():
+        path = _normalise(info.filename, archive)
+        unix_mode = info.external_attr >> 16  # set by Unix zip tools; 0 from others
+        ftype = stat.S_IFMT(unix_mode)        # 0 = no type recorded: a regular file
+        if info.is_dir():
+            yield _Entry(path, "dir", 0, unix_mode or 0o755)
+        elif stat.S_ISLNK(unix_mode):
+            if info.file_size > 4096:
+                raise UnsafeArchive(f"{archive}: symlink entry {info.filename!r} has an implausible "
+                                    f"{info.file_size}-byte target; refusing the archive")
+            yield _Entry(path, "symlink", 0, unix_mode, link=zf.read(info).decode("utf-8", "surrogateescape"))
+        elif ftype and not stat.S_ISREG(unix_mode):
+            raise UnsafeArchive(f"{archive}: entry {info.filename!r} is not a regular file "
+                                f"(mode {oct(unix_mode)}); refusing the archive")
+        else:
+            yield _Entry(path, "file", info.file_size, stat.S_IMODE(unix_mode) or 0o644,
+                         open=lambda info=info: zf.open(info))
+
+
+def _check(entries: list[_Entry], archive: Path, max_bytes: int, max_files: int) -> None:
+    """Every entry-level rule of step 1 (nothing has been written yet)."""
+    if len(entries) > max_files:
+        raise UnsafeArchive(f"{archive}: {len(entries)} entries exceed the limit of {max_files} "
+                            f"(download.max_extract_files); refusing the archive")
+    total = sum(e.size for e in entries)
+    if total > max_bytes:
+        raise UnsafeArchive(f"{archive}: the entries unpack to {total} bytes, over the limit of {max_bytes} "
+                            f"(download.max_extract_bytes); refusing the archive (zip-bomb guard)")
+    symlinks = {e.path for e in entries if e.kind == "symlink"}
+    files_seen: set[str] = set()
+    for e in entries:
+        if not e.path:
+            if e.kind == "dir":
+                continue  # "./" entry of the archive root
+            raise UnsafeArchive(f"{archive}: an entry of kind {e.kind} has an empty name")
+        parents = PurePosixPath(e.path).parents
+        for p in list(parents)[:-1]:
+            if str(p) in symlinks:
+                raise UnsafeArchive(f"{archive}: entry {e.path!r} lies below the symlink entry {str(p)!r} "
+                                    f"(it would be written through the link); refusing the archive")
+        if e.kind == "symlink":
+            target = e.link.replace("\\", "/")
+            if not target or target.startswith("/") or (len(target) >= 2 and target[1] == ":"):
+                raise UnsafeArchive(f"{archive}: symlink {e.path!r} -> {e.link!r} has an absolute or empty "
+                                    f"target; refusing the archive")
+            depth = len(PurePosixPath(e.path).parts) - 1
+            for part in target.split("/"):
+                depth += -1 if part == ".." else 0 if part in ("", ".") else 1
+                if depth < 0:
+                    raise UnsafeArchive(f"{archive}: symlink {e.path!r} -> {e.link!r} points outside the "
+                                        f"target folder; refusing the archive")
+        elif e.kind == "hardlink":
+            if e.link not in files_seen:
+                raise UnsafeArchive(f"{archive}: hardlink {e.path!r} -> {e.link!r} does not point to an earlier "
+                                    f"regular file of the archive; refusing the archive")
+        if e.kind in ("file", "hardlink"):
+            files_seen.add(e.path)
+
+
+def _inside(root: str, path: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
+def _open_archive(archive: Path):
+    if zipfile.is_zipfile(archive):
+        zf = zipfile.ZipFile(archive)
+        return zf, list(_zip_entries(zf, archive))
+    if tarfile.is_tarfile(archive):
+        tf = tarfile.open(archive, "r:*")
+        try:
+            return tf, list(_tar_entries(tf, archive))
+        except BaseException:
+            tf.close()
+            raise
+    raise UnsafeArchive(f"{archive}: neither a zip nor a tar archive (by content); cannot extract it")
+
+
+def extract_archive(archive: str | os.PathLike, target: str | os.PathLike, *, max_bytes: int,
+                    max_files: int) -> list[str]:
+    """Extract ``archive`` safely into ``target`` (created if absent); return its top-level entries.
+
+    ``target`` may already hold other files (e.g. a ``downloads/`` folder or another archive's
+    contents): existing folders are merged with the archive's, existing files with the same path are
+    replaced. Raises :class:`UnsafeArchive` (see the module docstring) with nothing changed in
+    ``target`` (a ``target`` this call created is removed again).
+    """
+    archive, target = Path(archive), Path(target)
+    created = not target.exists()
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".extract-{archive.name}-", dir=target))
+    try:
+        handle, entries = _open_archive(archive)
+        with handle:
+            _check(entries, archive, max_bytes, max_files)
+            _write(entries, tmp, archive, max_bytes)
+        tops = sorted({e.path.split("/")[0] for e in entries if e.path})
+        for name in tops:
+            _merge(tmp / name, target / name)
+        return tops
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write(entries: list[_Entry], root: Path, archive: Path, max_bytes: int) -> None:
+    """Steps 2-3: folders and files, then symlinks, then the realpath check of every symlink."""
+    root_real = os.path.realpath(root)
+    umask = os.umask(0)
+    os.umask(umask)
+    written = 0
+    for e in entries:
+        if not e.path:
+            continue
+        dest = root / e.path
+        if e.kind == "dir":
+            dest.mkdir(parents=True, exist_ok=True)
+            continue
+        if e.kind not in ("file", "hardlink"):
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # No symlink exists yet, so this only guards against a bug in the checks above.
+        if not _inside(root_real, os.path.realpath(dest.parent)):
+            raise UnsafeArchive(f"{archive}: entry {e.path!r} resolves outside the target; refusing the archive")
+        if dest.is_dir() and not dest.is_symlink():
+            raise UnsafeArchive(f"{archive}: entry {e.path!r} is both a folder and a file; refusing the archive")
+        if e.kind == "hardlink":
+            # A copy rather than os.link: same bytes, and no inode shared with anything.
+            src = root / e.link
+            written += src.stat().st_size
+            if written > max_bytes:
+                raise UnsafeArchive(f"{archive}: unpacking exceeds {max_bytes} bytes "
+                                    f"(download.max_extract_bytes); refusing the archive")
+            shutil.copyfile(src, dest, follow_symlinks=False)
+            continue
+        mode = (e.mode & 0o777 | 0o600) & ~umask  # no setuid/setgid/sticky bits from an archive
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), mode)
+        with os.fdopen(fd, "wb") as out, e.open() as src:
+            while True:
+                block = src.read(1 << 20)
+                if not block:
+                    break
+                written += len(block)
+                if written > max_bytes:
+                    raise UnsafeArchive(f"{archive}: unpacking exceeds {max_bytes} bytes "
+                                        f"(download.max_extract_bytes); refusing the archive (zip-bomb guard)")
+                out.write(block)
+    links = [e for e in entries if e.kind == "symlink"]
+    for e in links:
+        dest = root / e.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists() or dest.is_symlink():
+            raise UnsafeArchive(f"{archive}: symlink {e.path!r} collides with another entry; refusing the archive")
+        os.symlink(e.link, dest)
+    for e in links:
+        resolved = os.path.realpath(root / e.path)
+        if not _inside(root_real, resolved):
+            raise UnsafeArchive(f"{archive}: symlink {e.path!r} -> {e.link!r} resolves to {resolved}, outside "
+                                f"the target folder (through other links); refusing the archive")
+
+
+def _merge(src: Path, dst: Path) -> None:
+    """Move ``src`` onto ``dst``: rename if free, merge folders, replace files and links."""
+    if not (dst.exists() or dst.is_symlink()):
+        os.rename(src, dst)
+        return
+    if src.is_dir() and not src.is_symlink() and dst.is_dir() and not dst.is_symlink():
+        for child in sorted(src.iterdir()):
+            _merge(child, dst / child.name)
+        return
+    if dst.is_dir() and not dst.is_symlink():
+        shutil.rmtree(dst)
+    else:
+        dst.unlink()
+    os.rename(src, dst)

@@ -1,0 +1,239 @@
+"""The common stage-1 layout every parser writes (docs/architecture.md, "Stage 1: raw datasets").
+
+A parser reads one real dataset in its OFFICIAL release layout (``paths.sources/<name>/``) and writes::
+
+    <out>/images/**           the images (copied or hard-linked, or decoded / re-encoded where the
+                              release ships no image files: FER2013 pixels, DISFA videos)
+    <out>/images/**/<x>.pts   iBUG 68-point landmarks, 0-based pixel centres (where the release has them)
+    <out>/<split>.csv         one manifest per split, columns MANIFEST_BASE (+ the dataset's AU columns)
+    <out>/pairs.csv           verification sets only: fold,path_a,path_b,same
+    <out>/meta.json           parser, version, source, label names, mappings, counts, drops
+
+Missing-value conventions (the architecture doc's, applied to real data):
+
+* ``subject``  -1 where the release names no identity (RAF-DB, AffectNet, FER2013, AFLW2000-3D);
+* ``clip`` / ``frame``  -1 for still images;
+* ``yaw, pitch, roll``  ``nan`` where the release has no pose label;
+* ``expression``  -1 where the release has no (single) expression label;
+* ``fold``  -1 where the dataset has no folds;
+* AU columns are written only by AU datasets (DISFA, BP4D) and never hold missing values: frames
+  without a valid code for every written AU are dropped and counted in meta.json.
+
+The output folder is written through :func:`pclbench.io.atomic_dir`: a crash or a bad source file
+leaves the previous output (or nothing) in place, never half a dataset.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..landmarks import write_pts
+
+log = logging.getLogger("pclbench.data.parsers")
+
+#: Bump when a parser's output for the same source changes.
+PARSER_VERSION = "1.0"
+
+#: Manifest columns every parser writes, in this order (AU columns follow, in numeric AU order).
+MANIFEST_BASE: tuple[str, ...] = ("path", "subject", "clip", "frame", "yaw", "pitch", "roll", "expression", "fold")
+
+#: Expression names, 0-based in RAF-DB order (docs/architecture.md); index 7 = contempt (AffectNet only).
+RAF_EXPRESSIONS: tuple[str, ...] = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
+EXPRESSIONS_8: tuple[str, ...] = RAF_EXPRESSIONS + ("contempt",)
+
+POSE_CONVENTION = ("degrees (yaw, pitch, roll); yaw > 0 face turns to the image left, pitch > 0 looks up, "
+                   "roll > 0 counter-clockwise in the image; hflip: (-yaw, pitch, -roll)")
+LANDMARK_CONVENTION = "iBUG 68 points, .pts next to each image, 0-based pixel centres (index_base 0)"
+
+
+class SourceLayoutError(FileNotFoundError):
+    """A file or folder of the official release layout is missing (the message names it)."""
+
+
+class SourceFormatError(ValueError):
+    """A file of the release does not have the official format (the message names file and line)."""
+
+
+def find_first(source: Path, candidates: Sequence[str], what: str, layout: str, kind: str = "file") -> Path:
+    """The first of ``candidates`` (relative to ``source``) that exists, else a :class:`SourceLayoutError`
+    naming every path tried and the expected official layout."""
+    source = Path(source)
+    if not source.is_dir():
+        raise SourceLayoutError(f"source folder {source} does not exist; expected the official layout:\n{layout}")
+    for c in candidates:
+        p = source / c
+        if (kind == "file" and p.is_file()) or (kind == "dir" and p.is_dir()):
+            return p
+    tried = ", ".join(str(source / c) for c in candidates)
+    raise SourceLayoutError(f"{what} not found (tried {tried}); expected the official layout:\n{layout}")
+
+
+def au_column(k: int) -> str:
+    return f"AU{int(k)}"
+
+
+def fmt_float(x: float, nd: int = 4) -> str:
+    x = float(x)
+    return "nan" if math.isnan(x) else f"{x:.{nd}f}"
+
+
+def make_row(path: str, *, subject: str | int = -1, clip: int = -1, frame: int = -1, yaw: float = math.nan,
+             pitch: float = math.nan, roll: float = math.nan, expression: int = -1, fold: int = -1,
+             aus: Mapping[str, float] | None = None) -> dict:
+    """One manifest row with the architecture doc's missing-value conventions."""
+    row = {"path": path, "subject": subject, "clip": int(clip), "frame": int(frame), "yaw": fmt_float(yaw),
+           "pitch": fmt_float(pitch), "roll": fmt_float(roll), "expression": int(expression), "fold": int(fold)}
+    for k, v in (aus or {}).items():
+        row[k] = fmt_float(v, 3)
+    return row
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable) -> int:
+    """Write a CSV (``\\n`` line ends); rows are dicts keyed by column or sequences. Returns the row count."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(list(columns))
+    n = 0
+    for r in rows:
+        w.writerow([r[c] for c in columns] if isinstance(r, Mapping) else list(r))
+        n += 1
+    Path(path).write_text(buf.getvalue())
+    return n
+
+
+def write_manifest(out: Path, split: str, rows: Sequence[dict], au_names: Sequence[str] = ()) -> int:
+    if not rows:
+        raise SourceFormatError(f"split {split!r} would be empty: no usable sample found in the source")
+    return write_csv(Path(out) / f"{split}.csv", MANIFEST_BASE + tuple(au_names), rows)
+
+
+def write_pairs(out: Path, pairs: Sequence[tuple[int, str, str, int]]) -> int:
+    return write_csv(Path(out) / "pairs.csv", ("fold", "path_a", "path_b", "same"), pairs)
+
+
+def write_meta(out: Path, dataset: str, source: Path, **fields) -> dict:
+    meta = {"generator": f"pclbench.data.parsers.{dataset}", "version": PARSER_VERSION, "dataset": dataset,
+            "source": str(source), **fields}
+    text = json.dumps(meta, indent=2, sort_keys=True, default=_json_default)
+    (Path(out) / "meta.json").write_text(text + "\n")
+    return json.loads(text)  # exactly what meta.json holds (integer keys become strings)
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def place_image(src: Path, dst: Path) -> None:
+    """Put the release's image file at ``dst`` unchanged: a hard link where the file system allows
+    (no extra disk for 300k-image sets), else a copy. Image bytes are never re-encoded."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def save_pts(path: Path, points: np.ndarray) -> None:
+    """Write (68, 2) 0-based (x, y) landmarks next to an image as an iBUG ``.pts`` (index_base 0)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_pts(path, np.asarray(points, dtype=np.float64), index_base=0)
+
+
+def check_splits(entry: Mapping, dataset: str, produced: Sequence[str]) -> None:
+    """The config entry's ``splits`` must be exactly what the parser writes (else alignment would look
+    for manifests that never appear, or skip ones that do)."""
+    want = list(entry.get("splits") or [])
+    if sorted(want) != sorted(produced):
+        raise ValueError(f"datasets.{dataset}.splits is {want} but the {dataset} parser writes the splits "
+                         f"{list(produced)}; set datasets.{dataset}.splits: {list(produced)}")
+
+
+class Progress:
+    """tqdm on a terminal, otherwise a log line every ~10 %."""
+
+    def __init__(self, total: int, desc: str, unit: str = "img"):
+        self.total, self.desc, self.n, self.t0 = max(int(total), 0), desc, 0, time.perf_counter()
+        self.next_log = max(1, self.total // 10)
+        self.bar = None
+        if sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=self.total, desc=desc, unit=unit)
+            except ImportError:  # pragma: no cover
+                self.bar = None
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        if self.bar is not None:
+            self.bar.update(k)
+        elif self.n >= self.next_log or self.n == self.total:
+            log.info("%s: %d/%d (%.1f s)", self.desc, self.n, self.total, time.perf_counter() - self.t0)
+            self.next_log = self.n + max(1, self.total // 10)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def write_pairs_dataset(out: Path, dataset: str, source: Path, img_root: Path, pairs_path: Path,
+                        pairs: Sequence[tuple[int, str, str, int]], identity, layout: str, **meta_fields) -> dict:
+    """Stage-1 layout of a verification set (LFW, CPLFW): split ``all`` = every image a pair names,
+    ``pairs.csv`` and meta.json, written atomically into ``out``.
+
+    ``pairs``: ``(fold, image a, image b, same)`` with image paths relative to ``img_root``;
+    ``identity(image) -> person``. An image's ``fold`` is its person's first fold (the folds of the
+    LFW protocol are person-disjoint; persons found in several folds are counted in meta.json).
+    """
+    from ...io import atomic_dir
+
+    fold_of: dict[str, int] = {}  # image -> fold of its identity
+    person_fold: dict[str, int] = {}
+    conflicts = set()
+    for fold, a, b, _ in pairs:
+        for name in (a, b):
+            person = identity(name)
+            if person_fold.setdefault(person, fold) != fold:
+                conflicts.add(person)
+            fold_of.setdefault(name, person_fold[person])
+    missing = [n for n in fold_of if not (img_root / n).is_file()]
+    if missing:
+        raise SourceLayoutError(f"{len(missing)} images named in {pairs_path} are missing under {img_root} "
+                                f"(first: {missing[:3]}); expected the official layout:\n{layout}")
+    rows = []
+    with atomic_dir(out) as tmp:
+        progress = Progress(len(fold_of), f"prepare {dataset}")
+        for name in sorted(fold_of):
+            place_image(img_root / name, tmp / "images" / name)
+            rows.append(make_row(f"images/{name}", subject=identity(name), fold=fold_of[name]))
+            progress.update()
+        progress.close()
+        write_manifest(tmp, "all", rows)
+        write_pairs(tmp, [(f, f"images/{a}", f"images/{b}", same) for f, a, b, same in pairs])
+        counts = {"pairs": len(pairs), "same_pairs": sum(p[3] for p in pairs), "identities": len(person_fold),
+                  **meta_fields.pop("counts", {})}
+        meta = write_meta(tmp, dataset, source, image_folder=img_root.name, pairs_file=str(pairs_path),
+                          splits={"all": len(rows)}, n_images=len(rows), counts=counts,
+                          identities_in_several_folds=sorted(conflicts)[:20],
+                          n_identities_in_several_folds=len(conflicts), **meta_fields)
+    if conflicts:
+        log.warning("%s: %d identities appear in several folds (kept their first fold)", dataset, len(conflicts))
+    log.info("prepared %s: %d images, %d pairs", dataset, len(rows), len(pairs))
+    return meta

@@ -1,0 +1,63 @@
+# align: raw dataset split -> landmark-aligned uint8 shard (stage 2, docs/architecture.md).
+# align.parts == 1 (default): one job per split (rule align), resumable through its chunk files.
+# align.parts > 1: scatter/gather. align_part jobs compute contiguous chunk ranges into
+# <aligned>/<dataset>/<split>.parts/ (in parallel, e.g. one per cluster GPU node); align_merge gathers
+# them into the same shard a single job would write (byte-identical images, landmarks and manifest).
+
+ALIGN_PARTS = config["align"]["parts"]
+
+
+if ALIGN_PARTS == 1:
+
+    rule align:
+        """Landmarks -> similarity transform to the template -> uint8 shard + manifest + QC report."""
+        input:
+            f"{RAW}/{{dataset}}",
+        output:
+            directory(f"{ALIGNED}/{{dataset}}/{{split}}"),
+        params:
+            cfg=lambda w: params_json("align", dataset=w.dataset),
+        log:
+            f"{LOGS}/align/{{dataset}}/{{split}}.log",
+        threads: 2
+        shell:
+            "{PCLBENCH} align --params {params.cfg:q} --raw {input} --dataset {wildcards.dataset} "
+            "--split {wildcards.split} --workers {threads} --out {output} > {log} 2>&1"
+
+else:
+
+    rule align_part:
+        """Scatter: chunk range {part} of ALIGN_PARTS of one split (finished chunks are kept on reruns)."""
+        input:
+            f"{RAW}/{{dataset}}",
+        output:
+            temp(f"{ALIGNED}/{{dataset}}/{{split}}.part-{{part}}-of-{ALIGN_PARTS}.json"),
+        params:
+            cfg=lambda w: params_json("align", dataset=w.dataset),
+            out=lambda w: f"{ALIGNED}/{w.dataset}/{w.split}",
+        wildcard_constraints:
+            part="[0-9]+",
+        log:
+            f"{LOGS}/align/{{dataset}}/{{split}}.part-{{part}}.log",
+        threads: 2
+        shell:
+            "{PCLBENCH} align --params {params.cfg:q} --raw {input} --dataset {wildcards.dataset} "
+            "--split {wildcards.split} --workers {threads} --out {params.out} --part {wildcards.part} "
+            "--parts {ALIGN_PARTS} --done {output} > {log} 2>&1"
+
+    rule align_merge:
+        """Gather: every chunk of the split -> uint8 shard + manifest + QC report."""
+        input:
+            raw=f"{RAW}/{{dataset}}",
+            parts=lambda w: [
+                f"{ALIGNED}/{w.dataset}/{w.split}.part-{i}-of-{ALIGN_PARTS}.json" for i in range(ALIGN_PARTS)
+            ],
+        output:
+            directory(f"{ALIGNED}/{{dataset}}/{{split}}"),
+        params:
+            cfg=lambda w: params_json("align", dataset=w.dataset),
+        log:
+            f"{LOGS}/align/{{dataset}}/{{split}}.merge.log",
+        shell:
+            "{PCLBENCH} align --params {params.cfg:q} --raw {input.raw} --dataset {wildcards.dataset} "
+            "--split {wildcards.split} --merge --out {output} > {log} 2>&1"
