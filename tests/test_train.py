@@ -240,17 +240,10 @@ def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, shard, monke
         train("pcl", shard, tmp_path / "tb", config(swap_grid_every=-1))
 
 
-def test_compile_modules_of_a_baseline_compiles_its_networks_in_place():
+def test_compile_modules_of_a_baseline_compiles_its_networks_in_place(default_config):
     """The generic Method.compile_modules (SimCLR here): every encoder stage and every other child with
     parameters is compiled in place (lazily: nothing is traced here); state_dict keys do not change."""
-    from pclbench.methods import METHODS
-    from pclbench.models import ModelConfig
-    from tiny_sections import MODEL, VIEWS
-    import yaml
-    from pclbench.config import DEFAULT_CONFIG
-
-    full = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    cfg = {"model": MODEL, "views": VIEWS, "augment": full["augment"], "simclr": full["simclr"]}
+    cfg = {"model": MODEL, "views": VIEWS, "augment": default_config["augment"], "simclr": default_config["simclr"]}
     net = METHODS.get("simclr")(cfg, ModelConfig.from_config(MODEL), 64)
     keys = list(net.state_dict())
     names = net.compile_modules(mode="default")
@@ -265,11 +258,7 @@ def test_pcl_compiled_steps_equal_eager_steps():
     """PCL compiles each step's forward + loss as one graph; the random draws stay outside, so a
     compiled iteration (aot_eager backend: dynamo + AOT autograd, no code generation) gives the
     eager iteration's losses and weights from the same seeds."""
-    from pclbench.methods import METHODS
-    from pclbench.models import ModelConfig
-    from tiny_sections import MODEL, PCL, VIEWS
-
-    cfg = {"model": MODEL, "pcl": PCL, "views": VIEWS}
+    cfg = {"model": MODEL, "pcl": PCL_CFG, "views": VIEWS}
     results = []
     for compiled in (False, True):
         torch.manual_seed(0)

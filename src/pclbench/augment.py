@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import ConfigError, from_dict
-from .views import ViewConfig, _check, _float32, photometric
+from .views import ViewConfig, _float32, check_images, photometric
 
 
 @dataclass
@@ -76,7 +76,7 @@ def crop_resize(x: Tensor, boxes: Tensor, flip: Tensor, out_size: int) -> Tensor
     With ``align_corners=False`` output pixel j samples source x = x0 + (j + 0.5) w / out_size (pixel
     edges), so a box of side out_size at integer offsets is exactly a slice of the image.
     """
-    x = _check(x, None, "crop_resize")
+    x = check_images(x, None, "crop_resize")
     n, _, hgt, wid = x.shape
     bx = boxes.to(x.dtype)
     x0, y0, w, h = bx.unbind(1)  # (N,) each
@@ -94,7 +94,7 @@ def crop_resize(x: Tensor, boxes: Tensor, flip: Tensor, out_size: int) -> Tensor
 def random_resized_crop(x: Tensor, cfg: AugmentConfig, out_size: int, generator: torch.Generator | None) -> Tensor:
     """RandomResizedCrop + RandomHorizontalFlip with per-sample parameters: ``(N, 3, H, W)`` ->
     ``(N, 3, out_size, out_size)``."""
-    x = _check(x, generator, "random_resized_crop")
+    x = check_images(x, generator, "random_resized_crop")
     n, _, h, w = x.shape
     boxes = sample_crop_boxes(n, h, w, cfg.scale, cfg.ratio, generator, x.device)
     flip = torch.rand(n, generator=generator, device=x.device) < cfg.flip_p

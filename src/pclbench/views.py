@@ -93,7 +93,8 @@ def _float32(fn: Callable) -> Callable:
     return wrapper
 
 
-def _check(x: Tensor, generator: torch.Generator | None, who: str) -> Tensor:
+def check_images(x: Tensor, generator: torch.Generator | None, who: str) -> Tensor:
+    """``x (B, 3, H, W)`` as float in [0, 1] (uint8 is divided by 255); checks shape and generator device."""
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"{who}: expected images (B, 3, H, W), got {tuple(x.shape)}")
     if generator is not None and torch.device(generator.device).type != x.device.type:
@@ -105,15 +106,10 @@ def _check(x: Tensor, generator: torch.Generator | None, who: str) -> Tensor:
     return x
 
 
-def check_images(x: Tensor, generator: torch.Generator | None, who: str) -> Tensor:
-    """``x (B, 3, H, W)`` as float in [0, 1] (uint8 is divided by 255); checks shape and generator device."""
-    return _check(x, generator, who)
-
-
-def _rand(n: int, generator: torch.Generator | None, x: Tensor, low: float = 0.0, high: float = 1.0) -> Tensor:
-    """``(n,)`` uniform draws in [low, high) on x's device, in x's float dtype."""
-    u = torch.rand(n, generator=generator, device=x.device, dtype=torch.float32)
-    return (low + (high - low) * u).to(x.dtype)
+def _rand(n: int, generator: torch.Generator | None, device: torch.device | str, low: float = 0.0,
+          high: float = 1.0) -> Tensor:
+    """``(n,)`` float32 uniform draws in [low, high) on ``device``."""
+    return low + (high - low) * torch.rand(n, generator=generator, device=device, dtype=torch.float32)
 
 
 def _bcast(v: Tensor) -> Tensor:
@@ -185,7 +181,7 @@ def distance_crop(x: Tensor, ratio: float, out_size: int, generator: torch.Gener
     ``x (B, 3, H, W)`` -> ``(v1, v2)`` each ``(B, 3, out_size, out_size)``; with ``return_boxes``
     also the ``(B, 2, 4)`` boxes of :func:`sample_distance_boxes` (same draws, same order).
     """
-    x = _check(x, generator, "distance_crop")
+    x = check_images(x, generator, "distance_crop")
     b, _, h, w = x.shape
     boxes = sample_distance_boxes(b, h, w, ratio, generator, x.device)  # (B, 2, 4)
     v1, v2 = crop_boxes(x, boxes, ratio, out_size)
@@ -314,7 +310,7 @@ def photometric(x: Tensor, cfg: ViewConfig, generator: torch.Generator | None) -
     ``x (N, 3, S, S)`` in [0, 1] -> same shape, in [0, 1]. All random numbers are drawn up front,
     in a fixed order, so one generator state gives one set of views.
     """
-    x = _check(x, generator, "photometric")
+    x = check_images(x, generator, "photometric")
     return apply_photometric(x, draw_photometric(x.shape[0], cfg, generator, x.device), cfg)
 
 
@@ -323,16 +319,15 @@ def draw_photometric(n: int, cfg: ViewConfig, generator: torch.Generator | None,
     """The random parameters of :func:`photometric` for ``n`` images, each ``(n,)``, drawn in a fixed
     order. Separate from :func:`apply_photometric` so the application has no random draw inside
     (it can then be compiled together with the network)."""
-    like = torch.empty(0, device=device)
-    p = {"apply_jitter": _rand(n, generator, like) < cfg.jitter_p,
-         "brightness": _rand(n, generator, like, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness),
-         "contrast": _rand(n, generator, like, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast),
-         "saturation": _rand(n, generator, like, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation),
-         "hue": _rand(n, generator, like, -cfg.hue, cfg.hue)}
-    p["apply_gray"] = _rand(n, generator, like) < cfg.grayscale_p
-    p["apply_blur"] = _rand(n, generator, like) < cfg.blur_p
-    p["sigma"] = _rand(n, generator, like, cfg.blur_sigma[0], cfg.blur_sigma[1])
-    p["apply_sobel"] = _rand(n, generator, like) < cfg.sobel_p
+    p = {"apply_jitter": _rand(n, generator, device) < cfg.jitter_p,
+         "brightness": _rand(n, generator, device, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness),
+         "contrast": _rand(n, generator, device, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast),
+         "saturation": _rand(n, generator, device, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation),
+         "hue": _rand(n, generator, device, -cfg.hue, cfg.hue)}
+    p["apply_gray"] = _rand(n, generator, device) < cfg.grayscale_p
+    p["apply_blur"] = _rand(n, generator, device) < cfg.blur_p
+    p["sigma"] = _rand(n, generator, device, cfg.blur_sigma[0], cfg.blur_sigma[1])
+    p["apply_sobel"] = _rand(n, generator, device) < cfg.sobel_p
     return p
 
 
@@ -369,7 +364,7 @@ def face_views(x: Tensor, cfg: ViewConfig, out_size: int, generator: torch.Gener
 
     ``x (B, 3, H, W)`` -> two ``(B, 3, out_size, out_size)`` views.
     """
-    x = _check(x, generator, "face_views")
+    x = check_images(x, generator, "face_views")
     return apply_face_views(x, draw_face_views(x.shape, cfg, generator, x.device), cfg, out_size)
 
 
@@ -399,7 +394,7 @@ def pose_views(x: Tensor, n_neg: int, cfg: ViewConfig, out_size: int,
     ``x (B, 3, H, W)`` -> ``pos (B, 2, 3, S, S)``: two photometric views of the resized full image,
     ``neg (B, n_neg, 3, S, S)``: ``n_neg`` photometric views of its horizontal flip.
     """
-    x = _check(x, generator, "pose_views")
+    x = check_images(x, generator, "pose_views")
     if isinstance(n_neg, bool) or not isinstance(n_neg, int) or n_neg < 1:
         raise ValueError(f"pose_views: n_neg must be a positive integer, got {n_neg!r}")
     return apply_pose_views(x, n_neg, draw_pose_views(x.shape[0], n_neg, cfg, generator, x.device), cfg, out_size)

@@ -38,6 +38,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ...io import atomic_dir
 from ..landmarks import write_pts
 
 log = logging.getLogger("pclbench.data.parsers")
@@ -202,8 +203,6 @@ def write_pairs_dataset(out: Path, dataset: str, source: Path, img_root: Path, p
     ``identity(image) -> person``. An image's ``fold`` is its person's first fold (the folds of the
     LFW protocol are person-disjoint; persons found in several folds are counted in meta.json).
     """
-    from ...io import atomic_dir
-
     fold_of: dict[str, int] = {}  # image -> fold of its identity
     person_fold: dict[str, int] = {}
     conflicts = set()
