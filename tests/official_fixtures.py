@@ -255,18 +255,36 @@ POSES_AFLW = [
 
 
 def write_300w_lp(root: Path) -> dict:
-    """300W_LP/<subset>/<name>.jpg + .mat with Pose_Para (1, 7) and pt2d (2, 68)."""
+    """300W_LP/<subset>/<name>.jpg + .mat (Pose_Para (1, 7), pt2d (2, 68)) and each unflipped view's own
+    points in 300W_LP/landmarks/<subset>/<name>_pts.mat (pts_2d, pts_3d: (68, 2), 1-based).
+
+    As in the release (cleardusk/3DDFA issue #192; tensorflow/datasets the300w_lp builder, which calls
+    it ``landmarks_origin``), the image ``.mat``'s ``pt2d`` is the SOURCE photo's points, identical for
+    every profiled view ``<photo>_<k>`` of one photo; here the source is the ``_0`` view of the photo.
+    ``landmarks/`` has no ``_Flip`` folders (TFDS builder, merlresearch/LUVLi organize_300W_LP.py).
+    Returns the poses and each unflipped view's own (68, 2) 1-based points.
+    """
     from scipy.io import savemat
 
+    own: dict[str, np.ndarray] = {}
+    source: dict[str, np.ndarray] = {}  # "<subset>/<photo>" -> the source photo's (2, 68) pt2d
+    for name, para in POSES_300WLP:
+        photo = name.rsplit("_", 1)[0]
+        v = project_3ddfa(np.array(para, dtype=np.float32).astype(np.float64))
+        source.setdefault(photo, v[:2])  # the first view listed per photo is its _0 view
     for name, para in POSES_300WLP:
         p = root / "300W_LP" / f"{name}.jpg"
         write_image(p, 90, size=(120, 120), fmt="JPEG")
-        v = project_3ddfa(np.array(para, dtype=np.float64))
+        v = project_3ddfa(np.array(para, dtype=np.float32).astype(np.float64))
         savemat(p.with_suffix(".mat"), {"Pose_Para": np.array([para], dtype=np.float32),
-                                        "pt2d": v[:2], "Shape_Para": np.zeros((199, 1)),
+                                        "pt2d": source[name.rsplit("_", 1)[0]], "Shape_Para": np.zeros((199, 1)),
                                         "Exp_Para": np.zeros((29, 1))})
-    (root / "300W_LP" / "landmarks" / "AFW").mkdir(parents=True)  # released, not needed by the parser
-    return {"poses": POSES_300WLP}
+        if "_Flip/" not in name:
+            own[name] = v[:2].T.copy()  # (68, 2)
+            f = root / "300W_LP" / "landmarks" / f"{name}_pts.mat"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            savemat(f, {"pts_2d": own[name], "pts_3d": own[name]})
+    return {"poses": POSES_300WLP, "own_points": own}
 
 
 def write_aflw2000(root: Path) -> dict:

@@ -45,6 +45,10 @@ def _cfg_dict(**over) -> dict:
         groundtruth=dict(index_base=0),
         dlib=dict(upsample=0),
         face_alignment=dict(detector="sfd", flip_input=True, compile=False, box=[0.1, 0.1, 0.9, 0.9]),
+        crop="similarity",
+        crops={},
+        box=dict(margin=[0.6, 0.6, 0.6, 0.6], shape="square"),
+        qc=dict(max_outside=0.5, min_scale=0.01, max_scale=8.0, max_padding=0.75),
     )
     d.update(over)
     return d

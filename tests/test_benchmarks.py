@@ -1,5 +1,5 @@
 """The benchmark scripts run at CI sizes and write the JSON they document; the reference (authors')
-data path of benchmarks/reference_loader.py computes the views the method doc describes (3.1-3.4).
+data path of benchmarks/reference_loader.py computes the views docs/method.md describes (3.1-3.4).
 No timing is asserted: only keys, shapes and the arithmetic between reported numbers."""
 from __future__ import annotations
 

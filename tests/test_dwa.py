@@ -1,4 +1,4 @@
-"""Dynamic Weight Averaging (method doc 2.8)."""
+"""Dynamic Weight Averaging (docs/method.md §2.8)."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""FaceCycleEncoder: shapes, parameter counts and init (method doc 1.1-1.3, 1.6, 1.7)."""
+"""FaceCycleEncoder: shapes, parameter counts and init (docs/method.md §1.1-1.3, 1.6, 1.7)."""
 from __future__ import annotations
 
 import math
@@ -38,7 +38,7 @@ def test_registry_and_spec_rebuild(paper_encoder):
 
 
 def test_parameter_counts_match_method_doc(paper_encoder):
-    # Method doc 1.7: trunk 1,879,424; each head 295,168.
+    # docs/method.md §1.7: trunk 1,879,424; each head 295,168.
     heads = {"face_head": 295_168, "pose_head": 295_168}
     for name, count in heads.items():
         assert n_params(getattr(paper_encoder, name)) == count
@@ -47,7 +47,7 @@ def test_parameter_counts_match_method_doc(paper_encoder):
 
 @pytest.mark.parametrize("size, flat", [(64, 2048), (100, 6272), (112, 6272), (128, 8192), (256, 32768)])
 def test_paper_feature_sizes(paper_encoder, size, flat):
-    # Method doc 1.1: 4 stride-2 stages; 64 -> 2048, 100 -> 6272 (7x7), 256 -> 32768 (16x16).
+    # docs/method.md §1.1: 4 stride-2 stages; 64 -> 2048, 100 -> 6272 (7x7), 256 -> 32768 (16x16).
     assert paper_encoder.feature_dims(size) == {"trunk": flat, "face": flat, "pose": flat}
     if size in (64, 100, 256):
         with torch.no_grad():
@@ -96,7 +96,7 @@ def test_no_normalisation_and_leaky_relu_only(paper_encoder):
 
 
 def test_he_fan_out_init(paper_encoder):
-    # Method doc 1.6: N(0, sqrt(2 / (k*k*out))) and zero bias, attention 1x1 convs included.
+    # docs/method.md §1.6: N(0, sqrt(2 / (k*k*out))) and zero bias, attention 1x1 convs included.
     for conv in (paper_encoder.layer3_1[0], paper_encoder.layer2_1[2].g, paper_encoder.conv1[0]):
         k = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
         w = conv.weight.detach().double()

@@ -1,4 +1,4 @@
-"""ProjectionMLP and Decoder (method doc 1.4, 1.5, 1.7)."""
+"""ProjectionMLP and Decoder (docs/method.md §1.4, 1.5, 1.7)."""
 from __future__ import annotations
 
 import pytest
@@ -16,7 +16,7 @@ def n_params(m: nn.Module) -> int:
 
 
 def test_paper_parameter_counts():
-    # Method doc 1.7: each projection MLP 5,246,464; decoder 4,300,035.
+    # docs/method.md §1.7: each projection MLP 5,246,464; decoder 4,300,035.
     assert n_params(ProjectionMLP(2048, 2048, 512)) == 5_246_464
     assert n_params(Decoder(2048, 512, [256, 256, 256, 256, 128])) == 4_300_035
 

@@ -1,4 +1,4 @@
-"""Contrastive, difference and reconstruction losses against hand-written references (method doc 2.2-2.6)."""
+"""Contrastive, difference and reconstruction losses against hand-written references (docs/method.md §2.2-2.6)."""
 from __future__ import annotations
 
 import math
@@ -89,7 +89,7 @@ def test_info_nce_with_negatives_against_loop():
 
 
 def face_loss_reference(z1: torch.Tensor, z2: torch.Tensor, alpha, seed) -> float:
-    """Explicit loop over the 2B anchors and their 2B-2 negatives (method doc 2.5)."""
+    """Explicit loop over the 2B anchors and their 2B-2 negatives (docs/method.md §2.5)."""
     z = torch.cat([z1, z2]).double().numpy()
     n, b = z.shape[0], z1.shape[0]
     if alpha:

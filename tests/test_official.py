@@ -1,6 +1,6 @@
-"""Authors' checkpoints (method doc 1.8, 2.9): load_encoder and `pclbench import-official`.
+"""Authors' checkpoints (docs/method.md §1.8, 2.9): load_encoder and `pclbench import-official`.
 
-The reference below is written from the method doc's description of the authors' FaceCycleBackbone
+The reference below is written from docs/method.md's description of the authors' FaceCycleBackbone
 (1.1-1.3) with the authors' stage names and the inner layout pclbench.official infers, independently
 of pclbench.models: its state_dict, wrapped like the authors' main.py saves it, must load into our
 encoder and give bit-identical fp32 features.
@@ -64,7 +64,7 @@ def lrelu():
 
 
 class RefBackbone(nn.Module):
-    """The authors' FaceCycleBackbone as the method doc's table 1.1 lists it (stage names kept)."""
+    """The authors' FaceCycleBackbone as docs/method.md's table 1.1 lists it (stage names kept)."""
 
     def __init__(self, w):
         super().__init__()

@@ -179,7 +179,7 @@ def test_disfa_video_frames_intensities_and_folds(tmp_path):
         level = 40 * r["frame"] if r["subject"] == "SN001" else 7 * r["frame"]
         assert pixel(out / r["path"]) == pytest.approx(level, abs=3)  # frame k is the k-th decoded frame
     assert (df["clip"] == 0).all()
-    assert meta["dropped"] == {"frame_not_in_all_label_files": 1, "frame_without_image": 0}
+    assert meta["dropped"] == {"frame_not_in_all_label_files": 1, "frame_without_image": 0, "not_regular_file": 0}
     assert meta["benchmark_aus"] == ["AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26"]
 
 
@@ -207,7 +207,7 @@ def test_bp4d_occurrence_codes_drops_and_folds(tmp_path):
         for a in fx.BP4D_AUS:  # present -> 5, absent -> 0: occurrence = value >= 2 gives the label back
             assert (r[f"AU{a}"] >= 2) == bool(fx.bp4d_code(int(r["frame"]), a))
             assert r[f"AU{a}"] in (0.0, 5.0)
-    assert meta["dropped"] == {"au_not_coded_9": 1, "frame_without_image": 1}
+    assert meta["dropped"] == {"au_not_coded_9": 1, "frame_without_image": 1, "not_regular_file": 0}
     csv_path = tmp_path / "src/AUCoding/AU_OCC/M011_T2.csv"
     csv_path.write_text(csv_path.read_text().replace(",24,", ",25,", 1))  # AU24 column gone from the header
     with pytest.raises(SourceFormatError, match=r"M011_T2\.csv:1: header lacks AU column\(s\) \[24\]"):
@@ -238,7 +238,11 @@ def test_pose_sign_convention_against_the_3ddfa_projection():
 
 
 def test_300w_lp_angles_filter_subjects_and_landmarks(tmp_path):
-    fx.write_300w_lp(tmp_path / "src")
+    from scipy.io import savemat
+
+    own = fx.write_300w_lp(tmp_path / "src")["own_points"]  # each view's (68, 2) 1-based points
+    # the .mat's pt2d is the source photo's: it differs from the profiled view _1_1's own points
+    assert np.abs(own["AFW/AFW_1051618982_1_1"] - own["AFW/AFW_1051618982_1_0"]).max() > 5
     out = tmp_path / "raw"
     meta = prepare_dataset("300w_lp", entry("300w_lp", ["train"]), tmp_path / "src", out)
     df = manifest(out, "train")
@@ -249,8 +253,10 @@ def test_300w_lp_angles_filter_subjects_and_landmarks(tmp_path):
     for (n, p), (_, r) in zip(kept, df.iterrows()):
         assert (r["yaw"], r["pitch"], r["roll"]) == pytest.approx(_expected_pose(p), abs=1e-3)
         lm = read_pts((out / r["path"]).with_suffix(".pts"), index_base=0)
-        np.testing.assert_allclose(lm, fx.project_3ddfa(np.array(p, dtype=np.float32).astype(np.float64))[:2].T - 1,
-                                   atol=1e-3)
+        # _Flip views (no file of their own): the unflipped twin's points mirrored in the 120 px image
+        # (the mirror itself is checked against HRNet's pair table in test_parsers_headpose.py)
+        want = headpose.mirror_points(own[n.replace("_Flip/", "/")] - 1, 120) if "_Flip/" in n else own[n] - 1
+        np.testing.assert_allclose(lm, want, atol=1e-3)
     assert list(df["subject"]) == ["AFW_1051618982_1"] * 3 + ["HELEN_232194_1"]
     assert meta["dropped"]["out_of_range_99deg"] == 1
     assert meta["dropped_examples"] == ["images/IBUG/IBUG_image_003_1_0.jpg"]

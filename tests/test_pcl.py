@@ -1,5 +1,5 @@
 """PCL method (methods/pcl.py): the three-step iteration, gradient flow, optimiser modes, pose
-negative sets and DWA (method doc 2.5-2.8)."""
+negative sets and DWA (docs/method.md §2.5-2.8)."""
 from __future__ import annotations
 
 import copy
@@ -75,7 +75,7 @@ def modules_with(names) -> set:
 
 
 ALL_MODULES = {"trunk", "face_head", "pose_head", "exp_fc", "pose_fc", "decoder"}
-# Method doc 2.7: trunk <- all steps; face head <- pfe + exp; pose head <- pfe + pose; decoder <- pfe;
+# docs/method.md §2.7: trunk <- all steps; face head <- pfe + exp; pose head <- pfe + pose; decoder <- pfe;
 # exp_fc <- exp; pose_fc <- pose.
 FLOW = [{"trunk", "face_head", "pose_head", "decoder"},  # pfe
         {"trunk", "face_head", "exp_fc"},  # face ("exp")
@@ -151,7 +151,7 @@ def test_pose_negative_sets_against_a_hand_written_collate_and_chunk():
     rows = torch.cat(collated, dim=0)  # (K P, 2)
     chunks = torch.stack(list(torch.split(rows, k)))  # (P, K, 2)
     assert torch.equal(pose_negative_sets(labels, "faithful"), chunks)
-    # known answer of the method doc (P = 10, K = 100): chunk j = views 10j..10j+9 of every image
+    # known answer of docs/method.md (P = 10, K = 100): chunk j = views 10j..10j+9 of every image
     lab = torch.stack(torch.meshgrid(torch.arange(10), torch.arange(100), indexing="ij"), dim=-1)  # (10, 100, 2)
     out = pose_negative_sets(lab, "faithful")
     for j in range(10):
@@ -329,9 +329,12 @@ def test_faithful_variant_switches_every_faithful_option(repo_root):
 
     base = load_config([repo_root / "config" / "config.yaml"])
     o = base["variants"]["pcl_faithful"]["overrides"]
-    assert deep_merge(base["pcl"], o["pcl"])["pose_negatives"] == "faithful"
-    assert deep_merge(base["pcl"], o["pcl"])["optimizer"] == "faithful"
+    switches = ("pose_negatives", "optimizer", "pose_fc_batches", "pose_mixup_lambdas", "decoder_order")
+    merged = deep_merge(base["pcl"], o["pcl"])
+    PCLConfig.from_config(merged)  # a valid section
+    # every faithful|fixed key of the pcl section is switched (a new switch cannot be forgotten here)
+    assert {k for k, v in base["pcl"].items() if v in ("fixed", "faithful")} == set(switches)
+    assert all(merged[k] == "faithful" for k in switches)
     assert deep_merge(base["views"], o["views"])["sobel_overflow"] == "faithful"
     # the default is the fixed behaviour everywhere
-    assert (base["pcl"]["pose_negatives"], base["pcl"]["optimizer"], base["views"]["sobel_overflow"]) == \
-        ("fixed", "fixed", "fixed")
+    assert all(base["pcl"][k] == "fixed" for k in switches) and base["views"]["sobel_overflow"] == "fixed"

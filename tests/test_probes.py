@@ -22,10 +22,12 @@ def _one_thread(one_torch_thread):
     """Every test here runs with one torch thread (conftest.one_torch_thread)."""
 
 
+# the clean loop's settings of the authors'-loop keys (init ... standardize; config.yaml's defaults)
+LOOP = {"lr_step": "step", "init": "zeros", "shuffle": True, "decay_bias": False, "standardize": None}
 TRAIN = {"optimizer": "lbfgs", "lr_grid": [1.0], "weight_decay_grid": [1e-3, 1e-2], "epochs": 20,
-         "batch_size": 0, "lr_schedule": "constant", "eval_every": 10}
+         "batch_size": 0, "lr_schedule": "constant", "eval_every": 10, **LOOP}
 ADAM = {"optimizer": "adam", "lr_grid": [0.1], "weight_decay_grid": [0.0, 1e-3], "epochs": 60,
-        "batch_size": 0, "lr_schedule": "cosine", "eval_every": 10}
+        "batch_size": 0, "lr_schedule": "cosine", "eval_every": 10, **LOOP}
 CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
 AUS = [1, 2, 4, 6, 12, 25]
 CONFIG = {
@@ -437,7 +439,7 @@ def test_au_fold_violation_raises(tmp_path):
 def make_pose(root, encode, d=16, n_train=400, n_test=200, datasets=("pose", "pose"), swap_yaw_pitch=False):
     """Angles uniform in +-60 (yaw), +-30 (pitch), +-20 (roll) degrees; ``encode`` = which angles the
     features hold linearly. ``datasets`` = (train dataset, test dataset); ``swap_yaw_pitch`` writes the
-    yaw values under the pitch column and vice versa (the authors' log labels, method doc 6.1 item 5)."""
+    yaw values under the pitch column and vice versa (the authors' log labels, docs/method.md §6.1 item 5)."""
     rng = np.random.default_rng(5)
     for (split, n, s0), ds in zip((("train", n_train, 0), ("test", n_test, 50)), datasets):
         ang = np.stack([rng.uniform(-60, 60, n), rng.uniform(-30, 30, n), rng.uniform(-20, 20, n)], 1)

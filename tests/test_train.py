@@ -20,7 +20,7 @@ from tiny_sections import PCL as PCL_CFG
 
 torch.set_num_threads(2)
 
-PRETRAIN = {"epochs": 2, "batch_size": 3, "img_size": 64, "lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 1e-3,
+PRETRAIN = {"epochs": 2, "epoch_unit": "clips", "batch_size": 3, "img_size": 64, "lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 1e-3,
             "schedule": "cosine", "min_lr": 0.0, "seed": 7, "device": "cpu", "amp": False, "num_threads": 2,
             "log_every": 1, "checkpoint_every": 1,
             "swap_grid_every": 0, "tensorboard": False, "dist_backend": "auto",

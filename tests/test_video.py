@@ -148,7 +148,7 @@ def test_voxceleb1_face_frames(tmp_path):
             Image.new("RGB", (32, 32), (10 * k, 0, 0)).save(d / f"{k + 1:02d}.jpg")
     # the official meta file is tab-separated
     (src / "vox1_meta.csv").write_text(
-        "VoxCeleb1_ID\tVGGFace1_ID\tGender\tNationality\tSet\n"
+        "VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet\n"
         "id10001\tA.J._Buckley\tm\tIreland\tdev\n"
         "id10003\tAamir_Khan\tm\tIndia\tdev\n"
         "id10270\tEartha_Kitt\tf\tUSA\ttest\n")

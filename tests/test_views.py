@@ -1,4 +1,4 @@
-"""On-device PCL views (method doc 2.1, 3.2-3.4) against independent references."""
+"""On-device PCL views (docs/method.md §2.1, 3.2-3.4) against independent references."""
 from __future__ import annotations
 
 import dataclasses
@@ -53,7 +53,7 @@ def quadrant(box, h, w):
 @pytest.mark.parametrize("h, w", [(40, 40), (37, 50)])
 def test_distance_crop_boxes_in_distinct_quadrants_without_overlap(h, w):
     boxes = sample_distance_boxes(3000, h, w, 0.4, gen(0), "cpu").numpy()
-    ph, pw = 2 * int(0.2 * h), 2 * int(0.2 * w)  # method doc 3.2: half-size floor(0.2 H)
+    ph, pw = 2 * int(0.2 * h), 2 * int(0.2 * w)  # docs/method.md §3.2: half-size floor(0.2 H)
     pairs, tops = set(), set()
     for b1, b2 in boxes:
         for box in (b1, b2):

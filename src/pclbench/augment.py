@@ -3,7 +3,7 @@
 SimCLR (Chen et al. 2020, https://arxiv.org/abs/2002.05709, appendix A) / MoCo v2
 (https://arxiv.org/abs/2003.04297): RandomResizedCrop -> RandomHorizontalFlip -> ColorJitter /
 Grayscale / GaussianBlur. The photometric part is PCL's own pipeline (:func:`pclbench.views.photometric`,
-section ``views``, method doc 3.2, 3.4) so the baselines see the same colour statistics as PCL;
+section ``views``, docs/method.md §3.2, 3.4) so the baselines see the same colour statistics as PCL;
 ``augment.sobel_p`` replaces ``views.sobel_p`` (the Sobel view is PCL's addition, not the baselines').
 
 Batched on the device, per-sample parameters from one generator, no Python loop over samples.

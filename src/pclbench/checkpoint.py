@@ -14,7 +14,7 @@ Keys (format ``pclbench-checkpoint/1``)::
     optimizer       optimizer.state_dict() or None (methods that do not train)
     scheduler       lr scheduler state_dict or None
     scaler          GradScaler state_dict or None
-    extra           method extra state (e.g. the DWA loss history, method doc 2.8)
+    extra           method extra state (e.g. the DWA loss history, docs/method.md §2.8)
     rng             {"torch", "numpy", "python", "cuda", + trainer generators}: tensors
     epoch           last completed epoch (1-based; 0 = nothing trained)
     iteration       iterations completed in total
@@ -25,7 +25,7 @@ Writes go to a temporary file in the same folder and are renamed over the target
 (:func:`os.replace`), so a crash never leaves a half-written checkpoint.
 
 The authors' DataParallel checkpoints (``{'epoch', 'state_dict': {'module.encoder.*', ...}}``,
-method doc 1.8, 2.9) are not a pclbench format: :func:`load_checkpoint` rejects them with a ValueError
+docs/method.md §1.8, 2.9) are not a pclbench format: :func:`load_checkpoint` rejects them with a ValueError
 that says so, :func:`load_encoder` reads their encoder (via :mod:`pclbench.official`), and
 ``pclbench import-official`` converts them into this format (key ``imported_from`` added).
 """
@@ -107,7 +107,7 @@ def load_encoder(path: Path | str, map_location: Any = "cpu") -> nn.Module:
     """The encoder of a pclbench checkpoint or of an authors' checkpoint; frozen, eval mode.
 
     pclbench checkpoints: rebuilt from the stored spec, weights loaded strictly. Authors' files
-    (``{'epoch', 'state_dict': {'module.encoder.*', ...}}``, method doc 1.8, 2.9; also without the
+    (``{'epoch', 'state_dict': {'module.encoder.*', ...}}``, docs/method.md §1.8, 2.9; also without the
     DataParallel ``module.`` prefix): mapped strictly by :mod:`pclbench.official` into a
     ``facecycle`` encoder of the width conv1 implies; any unmatched key raises a ValueError naming it.
     """

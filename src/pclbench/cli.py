@@ -99,7 +99,8 @@ def cmd_acquire(args) -> int:
         raise ConfigError("acquire needs --sources (or paths.sources in the config)")
     receipt = args.receipt or f"{sources}/{args.dataset}.receipt.json"
     try:
-        acquire(args.dataset, entry, Path(sources), Path(receipt), download_config(cfg))
+        acquire(args.dataset, entry, Path(sources), Path(receipt), download_config(cfg),
+                forget_lock=args.forget_lock)
     except (DatasetNotFound, DownloadError, UnsafeArchive) as e:
         print(f"pclbench acquire: {e}", file=sys.stderr)
         return 1
@@ -226,7 +227,7 @@ def checkpoint_info(path: Path) -> dict:
     info: dict[str, Any] = {"method": ck.get("method"), "epochs_trained": ck.get("epoch"),
                             "iterations": ck.get("iteration"), "encoder": ck.get("encoder")}
     if ck.get("method") == "pcl" and isinstance(config.get("pcl"), dict):
-        # The faithful/fixed switches (method doc 6-7) change results: tables must name them.
+        # The faithful/fixed switches (docs/method.md §6-7) change results: tables must name them.
         info["variant"] = {k: v for k, v in config["pcl"].items()
                            if isinstance(v, str) and v in ("faithful", "fixed")}
         from .methods import ablation_label
@@ -312,7 +313,7 @@ def cmd_figures(args) -> int:
 
 
 def cmd_import_official(args) -> int:
-    """Authors' best.pth -> pclbench checkpoint (method doc 1.8, 2.9; see pclbench.official)."""
+    """Authors' best.pth -> pclbench checkpoint (docs/method.md §1.8, 2.9; see pclbench.official)."""
     from .official import import_official
 
     cfg = load_config(args.config, args.params)
@@ -361,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the `download` section as JSON, merged last; the workflow passes it here rather than "
                         "in --params because transfer settings (retries, timeouts) do not change the data and "
                         "must not re-run the dataset's parsing")
+    p.add_argument("--forget-lock", action="store_true",
+                   help="first delete this dataset's entries from the lock file (download.lock_file), e.g. one "
+                        "recorded from a bad download; the files are then checked and recorded anew")
     p.set_defaults(func=cmd_acquire)
 
     p = sub.add_parser("prepare", help="convert a real dataset from its official release layout to the stage-1 layout")

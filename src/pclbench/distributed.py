@@ -5,7 +5,7 @@ Slurm's ``srun``. Every rank reads its own shard of each epoch's video order (se
 :mod:`pclbench.train`), computes its local loss, and the trainer all-reduces (averages) the
 gradients before every optimiser step, as DistributedDataParallel does.
 
-Contrastive losses need negatives from the whole global batch (method doc 2.3: the face
+Contrastive losses need negatives from the whole global batch (docs/method.md §2.5: the face
 InfoNCE contrasts every clip with every other clip of the batch), so the per-rank embeddings
 are concatenated with :func:`all_gather_with_grad`.
 

@@ -1,6 +1,6 @@
 """Frozen-encoder feature extraction, done once per (checkpoint, dataset split).
 
-The authors' probes re-encode every training image in every probe epoch (method doc 6.2, bug 11:
+The authors' probes re-encode every training image in every probe epoch (docs/method.md §6.2, bug 11:
 3.7 M encoder passes for the RAF-DB probe). Without augmentation the features are identical each
 epoch, so we encode once and cache every readout (trunk, face-aware head, pose head) in one ``.npz``.
 """

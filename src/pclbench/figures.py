@@ -1,4 +1,4 @@
-"""pclbench figures: the flip-swap reconstruction grid written during pretraining (method doc 2.2), and
+"""pclbench figures: the flip-swap reconstruction grid written during pretraining (docs/method.md §2.2), and
 the report figures of stage 6 (bar chart per task, training curves, the latest swap grid, a 2-D t-SNE
 embedding of face-aware vs pose features coloured by yaw and by expression).
 
@@ -239,7 +239,7 @@ def latest_swap_grid(pretrain_dir: Path | str) -> Path | None:
 
 
 def collect_swap_grid(pretrain_dir: Path | str, path: Path | str, method: str, dpi: int = 100) -> Path:
-    """Copy the latest swap grid the trainer wrote (method doc 2.2) to ``path``, atomically; a
+    """Copy the latest swap grid the trainer wrote (docs/method.md §2.2) to ``path``, atomically; a
     placeholder saying why when there is none (``pretrain.swap_grid_every`` 0 or > epochs)."""
     src = latest_swap_grid(pretrain_dir)
     path = Path(path)

@@ -1,6 +1,6 @@
 """Evaluation metrics of the four facial tasks (pure numpy).
 
-Method doc section 4 lists what the paper reports per task; section 6.1 and Appendix A.1-A.2 the
+docs/method.md §4 lists what the paper reports per task; section 6.1 and Appendix A.1-A.2 the
 flaws of the authors' scoring that the clean protocol fixes:
 
 * FER (section 4.1): accuracy and, as usual for the imbalanced RAF-DB, the mean of per-class recalls.
@@ -182,7 +182,7 @@ def best_accuracy_threshold(scores: Any, same: Any) -> tuple[float, float]:
 
 
 def verification_10fold(scores: Any, same: Any, folds: Any) -> dict[str, Any]:
-    """The standard LFW protocol (method doc 4.3 / A.2 fix): for each fold k, choose the threshold
+    """The standard LFW protocol (docs/method.md §4.3 / A.2 fix): for each fold k, choose the threshold
     maximising accuracy on the other folds (:func:`best_accuracy_threshold`) and measure accuracy on
     fold k. Works for any number (>= 2) of folds; LFW and SynthFaces use 10.
 

@@ -1,13 +1,13 @@
 """The authors' PCL checkpoints (``best.pth``, ``<epoch>.pth``): their layout and the key mapping to ours.
 
-Method doc 1.8 and 2.9: the authors' ``main.py`` saves ``torch.save({'epoch': int, 'state_dict': ...})``
+docs/method.md §1.8 and 2.9: the authors' ``main.py`` saves ``torch.save({'epoch': int, 'state_dict': ...})``
 where ``state_dict`` comes from an ``nn.DataParallel``-wrapped ExpPose model, so every key starts with
 ``module.``, followed by ``encoder.`` (the FaceCycleBackbone, 1.1-1.3), ``exp_fc.`` / ``pose_fc.``
 (projection MLPs, 1.4) or ``decoder.`` (the Generator, 1.5).
 
 What is stated and what is inferred
 -----------------------------------
-Stated by the method doc (1.1-1.4): the stage names (conv1, layer1, layer2_1, resblock1, resblock2,
+Stated by docs/method.md (1.1-1.4): the stage names (conv1, layer1, layer2_1, resblock1, resblock2,
 layer2_2, layer3_1, layer3_2_exp, layer3_2_pose), every conv's kernel size, channels and bias, the
 order of the layers inside each stage, the attention conv names ``g``/``theta``/``phi`` (1x1, C -> C),
 that there is no normalisation layer in the encoder, and the projection MLP structure
@@ -171,7 +171,7 @@ def infer_width(encoder_state: Mapping[str, Tensor], source: str = "checkpoint")
     """Encoder width from conv1's first weight, ``(w, 3, 7, 7)`` (1.1: 64 in the paper)."""
     w = encoder_state.get("conv1.0.weight")
     if w is None:
-        raise ValueError(f"{source}: no encoder key 'conv1.0.weight' (the 7x7 stem conv, method doc 1.1); "
+        raise ValueError(f"{source}: no encoder key 'conv1.0.weight' (the 7x7 stem conv, docs/method.md §1.1); "
                          f"cannot infer the width. Encoder keys start with: "
                          f"{', '.join(sorted(encoder_state)[:8])}")
     if w.dim() != 4 or tuple(w.shape[1:]) != (3, 7, 7):
@@ -222,7 +222,7 @@ def read_authors_file(path: Path | str) -> tuple[AuthorsCheckpoint, dict]:
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if not is_authors_checkpoint(obj):
         raise ValueError(f"{path} is not a checkpoint of the authors' PCL code (expected "
-                         f"{{'epoch', 'state_dict': {{'module.encoder.*', ...}}}}, method doc 2.9)")
+                         f"{{'epoch', 'state_dict': {{'module.encoder.*', ...}}}}, docs/method.md §2.9)")
     return split_authors_state(obj, str(path)), obj
 
 

@@ -1,4 +1,4 @@
-"""The paper's comparison tables from probe results (architecture.md stage 6; method doc section 5).
+"""The paper's comparison tables from probe results (architecture.md stage 6; docs/method.md §5).
 
 Input: probe results in the contract of docs/architecture.md (one JSON per (method, benchmark) with
 every readout x seed inside: ``summary[readout][metric] = {mean, std, n}``, ``std_over``,
@@ -378,7 +378,7 @@ def _names(section: Any) -> list[str]:
 
 
 def _variant_options(info: Any, prefix: str = "") -> list[str]:
-    """``key=value`` of every option whose value is ``faithful`` or ``fixed`` (method doc 6-7)."""
+    """``key=value`` of every option whose value is ``faithful`` or ``fixed`` (docs/method.md §6-7)."""
     out = []
     if isinstance(info, dict):
         for k, v in info.items():
@@ -515,7 +515,7 @@ class Comparison:
                                                                 over == ["seeds"] else ""))
             notes.append("Cells: mean ± sample std (n) of our runs; " + "; ".join(per) + ".")
         if readout is not None:
-            notes.append(f"Readout: {readout} (trunk = the shared trunk, what the authors' code reads, method doc "
+            notes.append(f"Readout: {readout} (trunk = the shared trunk, what the authors' code reads, docs/method.md §"
                          "6.1 item 2; face = F_f; pose = F_p; concat = [F_f, F_p]).")
         prot = OrderedDict()
         for m in methods:
@@ -526,7 +526,7 @@ class Comparison:
             prot[m] = f"{m}: protocol {'/'.join(protocols)}; {_variant_text(ps[0])}"
         if prot:
             notes.append("Protocol (clean = selection on a validation split of the training data; paper = the "
-                         "authors' best-test-epoch selection, method doc 6.1 item 1) and method variant: "
+                         "authors' best-test-epoch selection, docs/method.md §6.1 item 1) and method variant: "
                          + " | ".join(prot.values()) + ".")
         if pub_rows:
             srcs = OrderedDict()
@@ -719,7 +719,7 @@ class Comparison:
     def ablation_table(self) -> Table:
         rows = self.ablation_rows()
         extra = ["Rows: PCL variants, labelled by the switched-off parts recorded in each encoder's "
-                 "method_info (pclbench.methods.ablation_label; method doc 5.1 lists the paper's ablations)."]
+                 "method_info (pclbench.methods.ablation_label; docs/method.md §5.1 lists the paper's ablations)."]
         if not any(lab != "PCL (full)" and not lab.startswith("PCL (full) (") for lab, _ in rows):
             extra.append("No ablation variant ran: add PCL variants (e.g. pcl_wo_pdd, config section variants) "
                          "to workflow.methods to fill this table.")

@@ -1,22 +1,36 @@
 """Pretraining loop: one registered method on one aligned shard -> ``results/pretrain/<method>/``.
 
 Stage 3 of docs/architecture.md. The trainer owns the data stream, the device, the optimiser (one
-Adam with coupled L2 weight decay over all parameters), the per-epoch cosine schedule (method doc
-2.9), logging and checkpoints; the method owns its networks, losses and optimiser steps
+Adam with coupled L2 weight decay over all parameters), the per-epoch cosine schedule
+(docs/method.md §2.9), logging and checkpoints; the method owns its networks, losses and optimiser steps
 (:class:`pclbench.methods.base.Method`).
 
-Sampling (method doc 3.1, A.3): the authors' VoxCeleb loader draws one random frame of a random
-video per list line, every epoch anew. Here a "video" is one (subject, clip) group of the shard's
-manifest: each epoch every batch stream (PCL: pfe, face, pose) takes its own shuffled draw of one
-random frame per video; the epoch has ``floor(n_videos / batch_size)`` iterations (drop_last, 2.7)
-and a stream with smaller batches (pose) uses only the first iterations' worth of its draw, as the
-authors' ``itertools.cycle`` does.
+Sampling (docs/method.md §3.1, 3.9, A.3; authors' data_process/pfedb.py ``get_vox_image``): the authors'
+VoxCeleb loader reads one directory per line of its data list, lists that directory's
+subdirectories, picks one at random, then picks one frame file in it at random, every epoch anew.
+``pretrain.epoch_unit`` says what one pass (one epoch) goes over:
+
+* ``clips``: one random frame per (subject, clip) group of the shard's manifest (a VoxCeleb clip is
+  one utterance), so an epoch has ``floor(n_clips / batch_size)`` iterations.
+* ``identities``: the authors' unit. Their list has one line per IDENTITY directory (docs/method.md §2.7,
+  3.9: ``vox_train_list_remove_id.txt`` under ``processed_align/<identity>/<video>/<frames>``), so
+  each epoch draws one frame per identity: a clip of that identity uniformly at random, then a frame
+  of that clip uniformly at random (the two ``random.choice`` calls; the list itself is not released,
+  so whether their second level was the YouTube video or the utterance is unknown: here it is the
+  manifest's clip). An epoch has ``floor(n_identities / batch_size)`` iterations (main.py's
+  DataLoaders use drop_last=True, docs/method.md §2.7): 4 for VoxCeleb1 dev (1,211 identities) and 23 for
+  VoxCeleb2 dev (5,994) at batch 256, against 580 and 4,265 with ``clips`` (148,642 and 1,092,009
+  utterances). The per-epoch cosine schedule and DWA's per-epoch loss means follow the unit.
+
+Each epoch every batch stream (PCL: pfe, face, pose) takes its own shuffled draw, and a stream with
+smaller batches (pose) uses only the first iterations' worth of its draw, as the authors'
+``itertools.cycle`` does.
 
 Outputs (``out_dir``): ``checkpoint.pt`` (:mod:`pclbench.checkpoint`), written once, when the
 run finishes; ``metrics.jsonl`` (one JSON object per iteration; streamed to
 ``metrics.jsonl.partial`` and renamed when the run ends) and ``metrics.csv`` (the same columns,
 for DVC plots); ``run.json``; ``swap_grid_epoch<k>.png`` every ``swap_grid_every`` epochs
-(methods with a ``swap_grid`` hook, method doc 2.2); ``tensorboard/`` when enabled.
+(methods with a ``swap_grid`` hook, docs/method.md §2.2); ``tensorboard/`` when enabled.
 
 Resumable state (issue 3, "Scale and faults"): ``state/last.pt`` (NOT a declared Snakemake
 output, so it survives a failed job) is written every ``checkpoint_every`` epochs and on
@@ -100,10 +114,11 @@ class Preempted(SystemExit):
 
 @dataclass
 class PretrainConfig:
-    """Section ``pretrain`` (method doc 2.9, 2.10; paper values in brackets)."""
+    """Section ``pretrain`` (docs/method.md §2.9, 2.10; paper values in brackets)."""
 
     epochs: int  # [6000]
-    batch_size: int  # images per pfe / face batch and videos per iteration [256]
+    epoch_unit: Literal["clips", "identities"]  # what one epoch passes over (module docstring) [identities]
+    batch_size: int  # images per pfe / face batch [256]
     img_size: int  # training input size in px; PCL needs 64 (decoder output) [64]
     lr: float  # Adam learning rate [1e-4]
     betas: list[float]  # Adam betas [0.9, 0.999] (torch defaults)
@@ -116,7 +131,7 @@ class PretrainConfig:
     num_threads: int  # torch CPU threads, 0 = torch's default
     log_every: int  # a log line every this many iterations
     checkpoint_every: int  # resumable state/last.pt every this many epochs (checkpoint.pt at the end)
-    swap_grid_every: int  # swap_grid_epoch<k>.png every this many epochs (method doc 2.2); 0 = off
+    swap_grid_every: int  # swap_grid_epoch<k>.png every this many epochs (docs/method.md §2.2); 0 = off
     tensorboard: bool  # also log per-iteration scalars to out_dir/tensorboard (needs tensorboard)
     dist_backend: Literal["auto", "nccl", "gloo"]  # torch.distributed backend; auto: nccl on CUDA
     channels_last: bool  # networks and conv inputs in channels_last memory format (CUDA only)
@@ -148,10 +163,20 @@ class PretrainConfig:
 # data: an aligned shard, sampled one frame per video
 
 
-class VideoShard:
-    """An aligned shard (``images.npy`` uint8 (N, 3, S, S) + ``manifest.csv``) indexed by video."""
+EPOCH_UNITS = ("clips", "identities")
 
-    def __init__(self, data_dir: Path):
+
+class VideoShard:
+    """An aligned shard (``images.npy`` uint8 (N, 3, S, S) + ``manifest.csv``) indexed by video.
+
+    ``unit`` (``pretrain.epoch_unit``): what one :meth:`draw` passes over, ``clips`` (one frame per
+    (subject, clip) video) or ``identities`` (one frame per subject: a random clip of it, then a
+    random frame of that clip; module docstring)."""
+
+    def __init__(self, data_dir: Path, unit: str = "clips"):
+        if unit not in EPOCH_UNITS:
+            raise ValueError(f"epoch unit {unit!r} is not one of {list(EPOCH_UNITS)}")
+        self.unit = unit
         self.dir = Path(data_dir)
         img_path, man_path = self.dir / "images.npy", self.dir / "manifest.csv"
         for p in (img_path, man_path):
@@ -181,14 +206,42 @@ class VideoShard:
         self.n_images = n
         self.n_videos = len(counts)
         self.size = int(self.images.shape[2])
+        # Subjects (epoch_unit identities): the videos are numbered in (subject, clip) order, so each
+        # subject's videos are consecutive: subject p owns videos subject_starts[p] + [0, subject_clips[p]).
+        subject = man.groupby("subject", sort=True).ngroup().to_numpy()
+        first_row_of_video = order[np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)]
+        video_subject = subject[first_row_of_video]  # (V,) non-decreasing
+        clips = np.bincount(video_subject)
+        self.subject_clips = torch.from_numpy(clips.astype(np.int64))  # (P,)
+        self.subject_starts = torch.from_numpy(np.concatenate([[0], np.cumsum(clips)[:-1]]).astype(np.int64))
+        self.n_subjects = len(clips)
+
+    @property
+    def n_units(self) -> int:
+        """Frames per :meth:`draw`: one per video (``clips``) or one per subject (``identities``)."""
+        return self.n_subjects if self.unit == "identities" else self.n_videos
 
     def draw(self, generator: torch.Generator) -> torch.Tensor:
-        """One random frame per video, in random video order: ``(V,)`` image rows."""
+        """One random frame per unit, in random order: ``(n_units,)`` image rows."""
+        if self.unit == "identities":
+            return self._draw_identities(generator)
         perm = torch.randperm(self.n_videos, generator=generator)  # (V,)
         u = torch.rand(self.n_videos, generator=generator)  # (V,)
         counts = self.counts[perm]
         offset = torch.minimum((u * counts).long(), counts - 1)
         return self.rows[self.starts[perm] + offset]
+
+    def _draw_identities(self, generator: torch.Generator) -> torch.Tensor:
+        """One frame per subject in random subject order: a uniformly random clip of the subject,
+        then a uniformly random frame of that clip (pfedb.py's two ``random.choice``): ``(P,)``."""
+        perm = torch.randperm(self.n_subjects, generator=generator)  # (P,)
+        u_clip = torch.rand(self.n_subjects, generator=generator)  # (P,)
+        u_frame = torch.rand(self.n_subjects, generator=generator)  # (P,)
+        n_clips = self.subject_clips[perm]
+        video = self.subject_starts[perm] + torch.minimum((u_clip * n_clips).long(), n_clips - 1)  # (P,)
+        counts = self.counts[video]
+        offset = torch.minimum((u_frame * counts).long(), counts - 1)
+        return self.rows[self.starts[video] + offset]
 
     def epoch_batches(self, n_iter: int, batch: int, generator: torch.Generator) -> torch.Tensor:
         """``(n_iter, batch)`` image rows from as many consecutive draws as needed."""
@@ -196,7 +249,7 @@ class VideoShard:
         draws, have = [], 0
         while have < need:
             draws.append(self.draw(generator))
-            have += self.n_videos
+            have += self.n_units
         return torch.cat(draws)[:need].reshape(n_iter, batch)
 
     def gather(self, rows: np.ndarray) -> torch.Tensor:
@@ -274,7 +327,7 @@ def sync_gradients(optimizer: torch.optim.Optimizer):
     """Average the gradients that exist over ranks right before every ``optimizer.step()``.
 
     DDP's averaging done by hand: PCL makes three optimiser steps per iteration on different
-    submodules (method doc 2.7), so each step averages exactly the gradients its backward produced
+    submodules (docs/method.md §2.7), so each step averages exactly the gradients its backward produced
     (``.grad`` None is skipped: the same parameters on every rank, which run the same code).
     Returns the hook handle.
     """
@@ -410,14 +463,15 @@ def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any])
         net.to(memory_format=torch.channels_last)
     if pcfg.compile != "off":
         net.compile_modules(mode=pcfg.compile)  # in place: state_dict keys and checkpoints unchanged
-    shard = VideoShard(data_dir)
+    shard = VideoShard(data_dir, pcfg.epoch_unit)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
     sampler = torch.Generator().manual_seed(seeds["sampler"])
     views_gen = torch.Generator(device=device).manual_seed(seeds["views"] + 7919 * rank)
 
     info = {"method": method, "data_dir": str(data_dir), "n_images": shard.n_images,
-            "n_videos": shard.n_videos, "shard_size": shard.size, "device": str(device),
+            "n_videos": shard.n_videos, "n_subjects": shard.n_subjects, "epoch_unit": pcfg.epoch_unit,
+            "shard_size": shard.size, "device": str(device),
             "world_size": world, "amp_dtype": str(net.amp_dtype) if net.amp_dtype else None,
             "channels_last": bool(pcfg.channels_last and device.type == "cuda"), "compile": pcfg.compile,
             "n_parameters": sum(p.numel() for p in net.parameters()),
@@ -452,10 +506,12 @@ def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any])
         ddp.barrier()
         return summary
 
-    n_iter = shard.n_videos // pcfg.batch_size
+    n_iter = shard.n_units // pcfg.batch_size  # drop_last (docs/method.md §2.7)
     if n_iter < 1:
-        raise ValueError(f"{data_dir}: {shard.n_videos} videos (subject, clip) is fewer than "
-                         f"pretrain.batch_size = {pcfg.batch_size}: an epoch would have no iteration")
+        what = "identities (subjects)" if pcfg.epoch_unit == "identities" else "videos (subject, clip)"
+        raise ValueError(f"{data_dir}: {shard.n_units} {what} is fewer than pretrain.batch_size = "
+                         f"{pcfg.batch_size} (pretrain.epoch_unit {pcfg.epoch_unit}): an epoch would have no "
+                         "iteration")
     streams = net.batch_sizes(pcfg.batch_size)  # GLOBAL images per iteration per stream
     bad_streams = {k: v for k, v in streams.items() if v % world}
     if bad_streams:
@@ -509,9 +565,9 @@ def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any])
     ddp.barrier()
 
     total_iter = (pcfg.epochs - start_epoch + 1) * n_iter - start_step
-    log.info("pretraining %s on %s: %d images, %d videos, %d epochs x %d iterations, device %s, streams %s, "
-             "%d rank(s)", method, data_dir, shard.n_images, shard.n_videos, pcfg.epochs, n_iter, device,
-             streams, world)
+    log.info("pretraining %s on %s: %d images, %d videos, %d subjects, %d epochs of %s x %d iterations, device %s, "
+             "streams %s, %d rank(s)", method, data_dir, shard.n_images, shard.n_videos, shard.n_subjects,
+             pcfg.epochs, pcfg.epoch_unit, n_iter, device, streams, world)
     grid_rows = _swap_grid_rows(shard) if (main and pcfg.swap_grid_every and hasattr(net, "swap_grid")) else None
     tb = tb_writer_cls(str(out_dir / "tensorboard")) if (main and tb_writer_cls is not None) else None
     pbar = _progress(total_iter, enabled=main)

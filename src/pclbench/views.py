@@ -1,4 +1,4 @@
-"""PCL's augmented views, computed on the device for a whole batch (method doc 2.1, 3.2-3.4).
+"""PCL's augmented views, computed on the device for a whole batch (docs/method.md §2.1, 3.2-3.4).
 
 The authors run a PIL pipeline per image in DataLoader workers. Here every transform is a batched
 tensor operation with per-sample random parameters drawn from one explicit ``torch.Generator`` on
@@ -11,7 +11,7 @@ Differences from the PIL pipeline, on purpose:
   random order per image. A per-sample random order would cost 4x the jitter compute on the GPU.
 - Resizing is bilinear with antialiasing (``F.interpolate(antialias=True)``), the same filter family
   as PIL's bilinear resize.
-- Sobel's border: the central differences use zero padding (not specified by the method doc).
+- Sobel's border: the central differences use zero padding, as the released Sobel does (docs/method.md §3.4).
 - Sobel overflow (bug 18): magnitudes reach ~1.21; ``sobel_overflow: fixed`` clamps them to [0, 1],
   ``faithful`` emulates ``ToPILImage`` (``(m * 255).byte()``, which wraps modulo 256).
 """
@@ -36,7 +36,7 @@ _SOBEL_GRAY = (65.738 / 256.0, 129.057 / 256.0, 25.064 / 256.0)
 
 @dataclass
 class ViewConfig:
-    """Section ``views`` (method doc 3.2-3.4). Paper values in brackets."""
+    """Section ``views`` (docs/method.md §3.2-3.4). Paper values in brackets."""
 
     crop_ratio: float  # DistanceCrop patch side / image side [0.4]
     jitter_p: float  # probability of ColorJitter [0.8]
@@ -176,7 +176,7 @@ def crop_fixed(x: Tensor, x0: Tensor, y0: Tensor, ph: int, pw: int, src: Tensor 
 @_float32
 def distance_crop(x: Tensor, ratio: float, out_size: int, generator: torch.Generator | None,
                   return_boxes: bool = False):
-    """Two non-overlapping local patches per image, from two different quadrants (method doc 3.2).
+    """Two non-overlapping local patches per image, from two different quadrants (docs/method.md §3.2).
 
     ``x (B, 3, H, W)`` -> ``(v1, v2)`` each ``(B, 3, out_size, out_size)``; with ``return_boxes``
     also the ``(B, 2, 4)`` boxes of :func:`sample_distance_boxes` (same draws, same order).
@@ -305,7 +305,7 @@ def sobel(x: Tensor, overflow: str) -> Tensor:
 @_float32
 def photometric(x: Tensor, cfg: ViewConfig, generator: torch.Generator | None) -> Tensor:
     """RandomApply(ColorJitter, p) -> RandomGrayscale(p) -> RandomApply(GaussianBlur, p) ->
-    RandomApply(Sobel, p), with independent parameters per image (method doc 3.2, 3.4).
+    RandomApply(Sobel, p), with independent parameters per image (docs/method.md §3.2, 3.4).
 
     ``x (N, 3, S, S)`` in [0, 1] -> same shape, in [0, 1]. All random numbers are drawn up front,
     in a fixed order, so one generator state gives one set of views.
@@ -422,7 +422,7 @@ def apply_pose_views(x: Tensor, n_neg: int, d: Mapping[str, Tensor], cfg: ViewCo
 
 
 def add_noise(x: Tensor, std: float, generator: torch.Generator | None) -> Tensor:
-    """``x + std * N(0, 1)`` i.i.d. per pixel, no clamping (method doc 2.1: PDD input noise, std 0.4)."""
+    """``x + std * N(0, 1)`` i.i.d. per pixel, no clamping (docs/method.md §2.1: PDD input noise, std 0.4)."""
     if not std >= 0:
         raise ValueError(f"add_noise: std must be >= 0, got {std!r}")
     if generator is not None and torch.device(generator.device).type != x.device.type:

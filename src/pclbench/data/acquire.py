@@ -14,6 +14,13 @@ in docs/architecture.md and workflow/schemas/config.schema.yaml) says how:
 
 Either way a receipt JSON (files, sizes, digests, time) is written atomically; it is the workflow's
 output of rule ``acquire`` and the input of rule ``prepare`` (the parser).
+
+Errors are messages (issue 11, D.6): everything that can go wrong with downloaded bytes or the folders
+they go to is raised as :class:`pclbench.data.download.DownloadError`,
+:class:`pclbench.data.archive.UnsafeArchive` (``CorruptArchive`` for truncated / damaged archives:
+``EOFError``, ``BadZipFile``) or :class:`DatasetNotFound`, which the CLI prints as one line; a file in
+the way of a folder (``FileExistsError``) says which. An archive that matches its lock-file entry but
+does not open says how to drop that entry (``forget_lock`` / ``pclbench acquire --forget-lock``).
 """
 from __future__ import annotations
 
@@ -26,8 +33,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..config import ConfigError, from_dict
-from .archive import extract_archive
-from .download import DownloadConfig, FileSpec, LockFile, atomic_write_text, fetch, file_digests
+from .archive import CorruptArchive, extract_archive
+from .download import DownloadConfig, DownloadError, FileSpec, LockFile, atomic_write_text, fetch, file_digests
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +118,8 @@ def _atomic_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def _extract_once(archive: Path, dataset_dir: Path, record: dict, cfg: DownloadConfig) -> list[str]:
+def _extract_once(archive: Path, dataset_dir: Path, record: dict, cfg: DownloadConfig, *, dataset: str,
+                  lock: LockFile) -> list[str]:
     """Unpack ``archive`` into ``dataset_dir`` unless the same bytes were already unpacked there.
 
     A marker ``downloads/<name>.extracted.json`` (sha256 + top-level entries) makes a rerun cheap; it is
@@ -127,25 +135,43 @@ def _extract_once(archive: Path, dataset_dir: Path, record: dict, cfg: DownloadC
             log.info("%s already extracted (%s)", archive.name, ", ".join(done["entries"]))
             return done["entries"]
     log.info("extracting %s into %s", archive.name, dataset_dir)
-    tops = extract_archive(archive, dataset_dir, max_bytes=cfg.max_extract_bytes, max_files=cfg.max_extract_files)
+    try:
+        tops = extract_archive(archive, dataset_dir, max_bytes=cfg.max_extract_bytes,
+                               max_files=cfg.max_extract_files)
+    except CorruptArchive as e:
+        if str(record.get("verified_by", "")).startswith(("lock file", "recorded in")):
+            how = ("It matches its lock-file entry, so that entry was recorded from a bad download: "
+                   + lock.how_to_forget(dataset, archive.name) + f" (a bad {archive.name} in place is then "
+                   f"downloaded again).")
+        else:
+            how = f"Delete {archive} and run again to download it afresh."
+        raise CorruptArchive(f"{e}\n{how}") from None
     _atomic_json(marker, {"sha256": record["sha256"], "entries": tops})
     return tops
 
 
 def acquire(name: str, entry: Mapping[str, Any], sources_dir: str | os.PathLike, receipt: str | os.PathLike,
-            cfg: DownloadConfig) -> dict[str, Any]:
+            cfg: DownloadConfig, *, forget_lock: bool = False) -> dict[str, Any]:
     """Bring dataset ``name`` (registry ``entry``) into ``sources_dir/name`` and write ``receipt``.
 
     Returns the receipt: ``{dataset, source, dir, files: [{path, kind, size, sha256, ...}], time_utc,
-    seconds}``. Raises :class:`DatasetNotFound` (manual data not in place),
-    :class:`pclbench.data.download.DownloadError` / ``ChecksumMismatch`` (url) or
-    :class:`pclbench.data.archive.UnsafeArchive`.
+    seconds}``. ``forget_lock`` first deletes the dataset's lock-file entries (``--forget-lock``: the
+    way back from an entry recorded from a bad download); the files are then checked and recorded
+    anew. Raises :class:`DatasetNotFound` (manual data not in place),
+    :class:`pclbench.data.download.DownloadError` / ``ChecksumMismatch`` / ``DeadlineExceeded`` (url)
+    or :class:`pclbench.data.archive.UnsafeArchive` / ``CorruptArchive``.
     """
     t0 = time.perf_counter()
     source = entry.get("source")
     dataset_dir = Path(sources_dir) / name
+    if forget_lock:
+        LockFile(cfg.lock_file).forget(name)
     if source == "url":
-        files = _acquire_url(name, entry, dataset_dir, cfg)
+        try:
+            files = _acquire_url(name, entry, dataset_dir, cfg)
+        except (FileExistsError, NotADirectoryError) as e:
+            raise DownloadError(f"dataset {name}: {e.filename or dataset_dir} is in the way (a file where a "
+                                f"folder is needed, or the reverse); move it away and run again") from None
     elif source == "manual":
         files = _acquire_manual(name, entry, dataset_dir)
     elif source == "synthetic":
@@ -163,7 +189,11 @@ def acquire(name: str, entry: Mapping[str, Any], sources_dir: str | os.PathLike,
         "seconds": round(time.perf_counter() - t0, 3),
         "host": platform.node(),
     }
-    _atomic_json(Path(receipt), out)
+    try:
+        _atomic_json(Path(receipt), out)
+    except (FileExistsError, NotADirectoryError):
+        raise DownloadError(f"cannot write the receipt {receipt}: a file is in the way of its folder; move it away "
+                            f"and run again") from None
     log.info("acquired %s (%d file records) -> %s", name, len(files), receipt)
     return out
 
@@ -178,7 +208,8 @@ def _acquire_url(name: str, entry: Mapping[str, Any], dataset_dir: Path, cfg: Do
         record = fetch(spec, dataset_dir / "downloads" / spec.name, cfg, dataset=name, lock=lock)
         record["kind"] = "file"
         if spec.extract:
-            record["extracted"] = _extract_once(Path(record["path"]), dataset_dir, record, cfg)
+            record["extracted"] = _extract_once(Path(record["path"]), dataset_dir, record, cfg, dataset=name,
+                                                lock=lock)
         files.append(record)
     return files
 

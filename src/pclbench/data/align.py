@@ -2,11 +2,20 @@
 
 docs/architecture.md, "Stage 2". For every image of ``<raw_dir>/<split>.csv``:
 
-1. read it (RGB) and get its 68 iBUG landmarks from a backend (``data/landmarks.py``);
-2. fit the least-squares similarity (rotation + uniform scale + translation, no reflection;
-   Umeyama 1991) from the five ArcFace points of those landmarks (eye centres, nose tip, mouth
-   corners) to a canonical template;
-3. warp bilinearly into an ``S x S`` crop and move all 68 landmarks with the same transform.
+1. read it (RGB, :func:`read_image`) and get its 68 iBUG landmarks from a backend (``data/landmarks.py``);
+2. compute the crop transform, by the dataset's crop mode (``align.crop`` / ``align.crops``):
+
+   * ``similarity``: the least-squares similarity (rotation + uniform scale + translation, no
+     reflection; Umeyama 1991) from the five ArcFace points of those landmarks (eye centres, nose
+     tip, mouth corners) to a canonical template. It levels the eyes, so it removes head roll: the
+     protocol of face recognition / expression / AU crops, wrong for head pose.
+   * ``box``: an axis-aligned box around the landmarks, enlarged by margins, NO rotation
+     (:func:`box_transform`): the head-pose protocols crop this way (Hopenet, FSA-Net, 6DRepNet; see
+     :func:`box_transform` for the cited code), so roll stays in the image;
+
+3. reject, with a named reason, crops whose landmarks lie far outside the image, whose scale is
+   implausible, or that are mostly padding (``align.qc``, :func:`crop_qc`);
+4. warp bilinearly into an ``S x S`` crop and move all 68 landmarks with the same transform.
 
 Template: the standard 5-point ArcFace template of a 112 x 112 crop (InsightFace), normalised to the
 unit square, then scaled about the crop centre by ``crop_scale`` (the face's size relative to that
@@ -21,9 +30,11 @@ Anti-aliasing: bilinear sampling is only faithful down to a scale of 1/2, so whe
 the face more than 2x, the image is first box-averaged by an integer factor f = floor(1/scale)
 (``PIL.Image.reduce``), then warped with scale * f in (1/2, 1].
 
-Failures (unreadable file, no face, missing/malformed landmarks, backend error, degenerate
-landmarks) are counted and skipped; the split fails only when the failure rate exceeds
-``align.max_failure_rate``, and then nothing is written at the destination.
+Failures (unreadable file or not a regular file, no face, missing/malformed landmarks, backend
+error, degenerate landmarks, and the QC rejections of step 3) are counted and skipped; the split
+fails only when the failure rate exceeds ``align.max_failure_rate``, and then nothing is written at
+the destination. A path that is a FIFO or a device (image or ``.pts``) is skipped without being
+opened (opening a FIFO blocks forever).
 
 At scale (issue "Alignment at scale"): a split is processed in resumable chunks of
 ``align.chunk_size`` images saved under ``<out>.parts/`` (:func:`align_chunks`; a crash loses only the
@@ -31,8 +42,9 @@ chunks in flight), optionally as ``align.parts`` parallel jobs, then merged into
 (:func:`merge_chunks`). The landmark backend sees ``align.batch_size`` images per call (one stacked
 FAN forward for the face_alignment backend), with the face detector chosen per dataset
 (``align.detectors``). QC written next to qc.json: ``failures.csv`` (every failed file and why),
-``qc_samples.png`` and ``qc_worst.png`` (contact sheets of evenly spaced and of the worst-scoring
-faces; score = RMS distance of the five aligned points from the template, :func:`qc_scores`).
+``qc_samples.png`` and ``qc_worst.png`` (contact sheets of evenly spaced faces, and of the crops
+rejected by step 3 with their reason followed by the worst-scoring kept faces; score = RMS residual
+of the five crop points after their best similarity fit to the template, :func:`qc_scores`).
 """
 from __future__ import annotations
 
@@ -44,6 +56,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import stat
 import sys
 import time
 from collections import Counter
@@ -69,6 +82,7 @@ from .landmarks import (
     five_points,
 )
 from .shards import ShardWriter
+from .passthrough import AS_IS, as_is_result  # crop mode as_is: released aligned crops taken as they are
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +103,57 @@ ARCFACE_UNIT = (ARCFACE_112 + 0.5) / 112.0  # the same points in the unit square
 FAN_DETECTORS = ("sfd", "blazeface", "dlib", "retinaface", "scrfd", "yunet", "box")
 
 
+# Crop modes (align.crop / align.crops) and the shapes of a `box` crop (align.box.shape).
+CROP_MODES = ("similarity", "box", AS_IS)
+BOX_SHAPES = ("square", "center_crop", "stretch")
+
+# QC rejection categories (the part of a failure reason before the first colon).
+FAIL_OUTSIDE = "landmarks outside the image"
+FAIL_SCALE = "implausible scale"
+FAIL_PADDING = "mostly padding"
+FAIL_NOT_REGULAR = "not a regular file"
+# Short captions of rejected crops on qc_worst.png (a 48 px cell holds ~8 characters).
+_REJECT_TAGS = {FAIL_OUTSIDE: "REJ out", FAIL_SCALE: "REJ scale", FAIL_PADDING: "REJ pad"}
+
+
 class AlignmentError(RuntimeError):
     """The split cannot be aligned (e.g. too many failures); nothing was written."""
+
+
+@dataclass
+class BoxCropOptions:
+    """``align.box``: the axis-aligned head-pose crop (crop mode ``box``, :func:`box_transform`)."""
+
+    # [left, top, right, bottom] enlargement of the landmarks' bounding box, as fractions of its
+    # width (left/right) and height (top/bottom). 0.6 on every side = FSA-Net's type-1 crops
+    # (`--ad 0.6`), the crops PCL's released head-pose loader reads.
+    margin: list[float]
+    shape: str  # square | center_crop | stretch: how the enlarged box becomes an S x S crop (box_transform)
+
+    def __post_init__(self) -> None:
+        m = self.margin
+        if len(m) != 4 or not all(np.isfinite(v) and 0.0 <= v <= 5.0 for v in m):
+            raise ConfigError(f"align.box.margin: expected [left, top, right, bottom] in 0..5, got {m!r}")
+        if self.shape not in BOX_SHAPES:
+            raise ConfigError(f"align.box.shape: expected one of {list(BOX_SHAPES)}, got {self.shape!r}")
+
+
+@dataclass
+class AlignQCOptions:
+    """``align.qc``: thresholds of the QC rejections (:func:`crop_qc`); a rejected image is a failure."""
+
+    max_outside: float  # landmarks beyond the image edge by more than this many face sizes: reject
+    min_scale: float  # crop px per source px below this: reject
+    max_scale: float  # crop px per source px above this: reject (a face of a few px blown up)
+    max_padding: float  # fraction of the crop's pixels outside the image above this: reject
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.max_outside) and self.max_outside >= 0):
+            raise ConfigError(f"align.qc.max_outside: must be >= 0, got {self.max_outside!r}")
+        if not (0 < self.min_scale < self.max_scale and np.isfinite(self.max_scale)):
+            raise ConfigError(f"align.qc: need 0 < min_scale < max_scale, got {self.min_scale!r}, {self.max_scale!r}")
+        if not (0.0 <= self.max_padding <= 1.0):
+            raise ConfigError(f"align.qc.max_padding: must be in [0, 1], got {self.max_padding!r}")
 
 
 @dataclass
@@ -112,8 +175,15 @@ class AlignConfig:
     groundtruth: GroundTruthOptions
     dlib: DlibOptions
     face_alignment: FaceAlignmentOptions
+    crop: str  # crop mode of datasets not in `crops`: similarity | box
+    crops: dict[str, str]  # dataset -> crop mode (config: the head-pose datasets -> box)
+    box: BoxCropOptions  # the `box` crop
+    qc: AlignQCOptions  # QC rejection thresholds
 
     def __post_init__(self) -> None:
+        for where, mode in [("align.crop", self.crop), *((f"align.crops.{d}", c) for d, c in self.crops.items())]:
+            if mode not in CROP_MODES:
+                raise ConfigError(f"{where}: expected one of {list(CROP_MODES)}, got {mode!r}")
         for where, name in [("align.backend", self.backend),
                             *((f"align.backends.{d}", b) for d, b in self.backends.items())]:
             if name not in LANDMARKERS:
@@ -143,6 +213,10 @@ class AlignConfig:
     def detector_for(self, dataset: str | None) -> str:
         """The face_alignment detector of ``dataset``: ``align.detectors[dataset]``, else the default."""
         return self.detectors.get(dataset or "", self.face_alignment.detector)
+
+    def crop_for(self, dataset: str | None) -> str:
+        """The crop mode of ``dataset``: ``align.crops[dataset]``, else ``align.crop``."""
+        return self.crops.get(dataset or "", self.crop)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,17 +271,24 @@ def warp_to_crop(image: Image.Image, m: np.ndarray, size: int) -> np.ndarray:
     """Warp an RGB image with ``m`` (source pixel centres -> crop pixel centres) -> ``(3, S, S)`` uint8.
 
     Bilinear; outside the image is black. PIL's affine maps output to input *edge* coordinates
-    (pixel i spans [i, i+1)), hence the +-0.5 around the inverse.
+    (pixel i spans [i, i+1)), hence the +-0.5 around the inverse. Anti-aliasing (module docstring):
+    a similarity is reduced by one factor from its scale; an axis-aligned matrix (``box`` crops,
+    whose ``stretch`` shape scales x and y differently) by one factor per axis.
     """
     a, t = m[:, :2], m[:, 2]
-    scale = float(np.sqrt(abs(np.linalg.det(a))))
-    factor = int(np.floor(1.0 / scale)) if scale < 0.5 else 1
-    if factor > 1:
-        image = image.reduce(factor)  # box filter; reduced edge coordinate = original edge coordinate / f
+    if a[0, 1] == 0 and a[1, 0] == 0:  # axis-aligned: each axis has its own scale
+        sx, sy = abs(float(a[0, 0])), abs(float(a[1, 1]))
+    else:
+        sx = sy = float(np.sqrt(abs(np.linalg.det(a))))
+    fx = int(np.floor(1.0 / sx)) if sx < 0.5 else 1
+    fy = int(np.floor(1.0 / sy)) if sy < 0.5 else 1
+    if fx > 1 or fy > 1:
+        image = image.reduce((fx, fy))  # box filter; reduced edge coordinate = original edge coordinate / f
     a_inv = np.linalg.inv(a)
-    # input_edge = (a_inv @ (out_edge - 0.5 - t) + 0.5) / f
-    lin = a_inv / factor
-    off = (a_inv @ (-0.5 - t) + 0.5) / factor
+    # input_edge = (a_inv @ (out_edge - 0.5 - t) + 0.5) / f, per axis
+    f = np.array([fx, fy], dtype=np.float64)
+    lin = a_inv / f[:, None]
+    off = (a_inv @ (-0.5 - t) + 0.5) / f
     coeffs = (lin[0, 0], lin[0, 1], off[0], lin[1, 0], lin[1, 1], off[1])
     out = image.transform((size, size), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR)
     return np.asarray(out, dtype=np.uint8).transpose(2, 0, 1)  # (3, S, S)
@@ -220,18 +301,249 @@ def alignment_transforms(landmarks: np.ndarray, template: np.ndarray, points: st
     return umeyama(five_points(landmarks), template)
 
 
-def align_images(
-    images: Sequence[Image.Image | np.ndarray], landmarks: np.ndarray, size: int, template: np.ndarray, points: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Align images with known landmarks ``(B, 68, 2)`` -> crops ``(B, 3, S, S)`` uint8, landmarks ``(B, 68, 2)``."""
+def box_transform(landmarks: np.ndarray, image_size: tuple[int, int], size: int, opts: BoxCropOptions) -> np.ndarray:
+    """The ``box`` crop of one face: an axis-aligned affine ``(2, 3)`` (source -> crop pixel centres).
+
+    No rotation, so the head's roll stays in the crop. Evidence (public code of the head-pose protocols;
+    none of them rotates the face):
+
+    * Hopenet, natanielruiz/deep-head-pose ``code/datasets.py`` (``Pose_300W_LP``, ``AFLW2000``): the
+      box is the min/max of the 2-D landmarks (``pt2d``), enlarged by a factor k (training on 300W-LP:
+      k ~ U(0.2, 0.4), left/right 0.6k of the width, top 2k and bottom 0.6k of the height; AFLW2000
+      test: k = 0.2, left/right/top 2k, bottom 0.6k; the right/bottom terms use the already enlarged
+      left/top edge), cut with PIL ``Image.crop`` (outside the image = black), then
+      ``Scale(224) + CenterCrop(224)`` (``code/test_hopenet.py``): the shorter side is kept.
+    * 6DRepNet, thohemp/6DRepNet ``sixdrepnet/datasets.py``: the same boxes (same k rules);
+      ``sixdrepnet/test.py``: ``Resize(256) + CenterCrop(224)``.
+    * FSA-Net, shamangary/FSA-Net ``data/type1/TYY_create_db_type1.py`` with
+      ``data/type1/run_created_db_type1.sh`` (``--ad 0.6 --img_size 64``): the landmarks' box (points
+      with positive coordinates) enlarged by ``ad`` times its width/height on every side, clipped to
+      the image, then ``cv2.resize`` to 64 x 64 (aspect ratio not kept). PCL's released head-pose
+      loader reads exactly these 64 px type-1 files (../shared/docs/pcl-method.md, 3.6).
+
+    Here: the box spans the landmarks' extremes ``[x0, x1] x [y0, y1]`` (``w = x1 - x0``,
+    ``h = y1 - y0``) enlarged to ``[x0 - L w, x1 + R w] x [y0 - T h, y1 + B h]`` with
+    ``opts.margin = [L, T, R, B]`` (edges in pclbench's pixel-centre coordinates, no integer
+    truncation: the reference codes' ``int()`` moves the box by under one pixel). ``opts.shape``:
+
+    * ``square``: the square of side max(box width, height) about the box centre (nothing cut off, no
+      distortion; what lies outside the image is black padding, counted by :func:`padding_fraction`);
+    * ``center_crop``: the square of side min(width, height) about the box centre (Hopenet / 6DRepNet's
+      resize-shorter-side + centre crop of equal sizes);
+    * ``stretch``: the box clipped to the image, each axis scaled to ``size`` (FSA-Net type 1).
+
+    Crop pixel centre ``p`` samples source ``x = bx0 + (p + 0.5) * bw / size`` (box edge ``bx0``, width
+    ``bw``), i.e. ``p = (x - bx0) * size / bw - 0.5``. A box of zero size gives a non-finite matrix.
+    """
+    lm = np.asarray(landmarks, dtype=np.float64)
+    (x0, y0), (x1, y1) = lm.min(axis=0), lm.max(axis=0)
+    w, h = x1 - x0, y1 - y0
+    left, top, right, bottom = (float(v) for v in opts.margin)
+    bx0, bx1 = x0 - left * w, x1 + right * w
+    by0, by1 = y0 - top * h, y1 + bottom * h
+    if opts.shape == "stretch":
+        width, height = image_size
+        bx0, bx1 = max(bx0, -0.5), min(bx1, width - 0.5)
+        by0, by1 = max(by0, -0.5), min(by1, height - 0.5)
+    else:
+        cx, cy = (bx0 + bx1) / 2.0, (by0 + by1) / 2.0
+        side = (max if opts.shape == "square" else min)(bx1 - bx0, by1 - by0)
+        bx0, bx1, by0, by1 = cx - side / 2.0, cx + side / 2.0, cy - side / 2.0, cy + side / 2.0
+    bw, bh = bx1 - bx0, by1 - by0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sx = size / bw if bw > 0 else np.inf
+        sy = size / bh if bh > 0 else np.inf
+        return np.array([[sx, 0.0, -bx0 * sx - 0.5], [0.0, sy, -by0 * sy - 0.5]])
+
+
+def crop_transforms(
+    landmarks: np.ndarray,
+    image_sizes: Sequence[tuple[int, int]],
+    size: int,
+    mode: str,
+    template: np.ndarray,
+    points: str,
+    box: BoxCropOptions | None = None,
+) -> np.ndarray:
+    """The crop transforms ``(B, 2, 3)`` of landmarks ``(B, 68, 2)`` in images of ``(width, height)``
+    ``image_sizes``: the template similarity (``mode`` similarity) or :func:`box_transform` (box)."""
     landmarks = np.asarray(landmarks, dtype=np.float64)
-    m = alignment_transforms(landmarks, template, points)
+    if mode == "similarity":
+        return alignment_transforms(landmarks, template, points)
+    if mode == "box":
+        if box is None:
+            raise ValueError("crop mode 'box' needs its BoxCropOptions (align.box)")
+        if len(landmarks) == 0:
+            return np.zeros((0, 2, 3))
+        return np.stack([box_transform(lm, wh, size, box) for lm, wh in zip(landmarks, image_sizes)])
+    raise ValueError(f"crop mode must be one of {CROP_MODES}, got {mode!r}")
+
+
+def padding_fraction(m: np.ndarray, image_size: tuple[int, int], size: int) -> float:
+    """Fraction of the ``size x size`` crop's pixel centres that map outside the image (black padding)."""
+    width, height = image_size
+    a_inv = np.linalg.inv(m[:, :2])
+    p = np.arange(size, dtype=np.float64)
+    gx, gy = np.meshgrid(p, p)  # (S, S) crop pixel centres
+    src = np.einsum("ij,jn->in", a_inv, np.stack([gx.ravel() - m[0, 2], gy.ravel() - m[1, 2]]))  # (2, S*S)
+    outside = (src[0] < -0.5) | (src[0] > width - 0.5) | (src[1] < -0.5) | (src[1] > height - 0.5)
+    return float(outside.mean())
+
+
+def outside_extent(landmarks: np.ndarray, image_size: tuple[int, int]) -> float:
+    """How far the landmarks ``(68, 2)`` reach beyond the image, in face sizes (0 = all inside).
+
+    Face size = the larger side of the landmarks' bounding box; the image spans the pixel edges
+    ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``. Zero-size faces: 0 if inside, infinite if outside.
+    """
+    lm = np.asarray(landmarks, dtype=np.float64)
+    width, height = image_size
+    lo, hi = lm.min(axis=0), lm.max(axis=0)
+    beyond = max(0.0, -0.5 - lo[0], hi[0] - (width - 0.5), -0.5 - lo[1], hi[1] - (height - 0.5))
+    face = float(max(hi - lo))
+    if beyond == 0.0:
+        return 0.0
+    return beyond / face if face > 0 else float("inf")
+
+
+def crop_qc(
+    landmarks: np.ndarray, m: np.ndarray, image_size: tuple[int, int], size: int, qc: AlignQCOptions
+) -> tuple[str | None, float, float]:
+    """QC of one crop -> ``(rejection reason or None, padding fraction, scale)``.
+
+    Checked in this order, each with its own reason category (``align.qc`` holds the thresholds):
+    landmarks reaching beyond the image by more than ``max_outside`` face sizes (a wrong ``.pts`` or a
+    detector's ghost face), a scale (crop px per source px, sqrt|det|) outside
+    ``[min_scale, max_scale]``, and more than ``max_padding`` of the crop outside the image.
+    ``m`` must be finite and invertible (callers reject degenerate transforms first).
+    """
+    width, height = image_size
+    ext = outside_extent(landmarks, image_size)
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    if ext > qc.max_outside:
+        return (f"{FAIL_OUTSIDE}: the landmarks reach {ext:.3g} face sizes beyond the {width}x{height} image "
+                f"(align.qc.max_outside {qc.max_outside:g})", float("nan"), scale)
+    if not (qc.min_scale <= scale <= qc.max_scale):
+        return (f"{FAIL_SCALE}: {scale:.4g} crop px per image px is outside [{qc.min_scale:g}, {qc.max_scale:g}] "
+                "(align.qc.min_scale / max_scale)", float("nan"), scale)
+    pad = padding_fraction(m, image_size, size)
+    if pad > qc.max_padding:
+        return (f"{FAIL_PADDING}: {pad:.0%} of the crop lies outside the image (align.qc.max_padding "
+                f"{qc.max_padding:.0%})", pad, scale)
+    return None, pad, scale
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading images
+# --------------------------------------------------------------------------------------------------
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class NotRegularFileError(OSError):
+    """An input path is a FIFO, device, socket or directory: it is skipped without being opened."""
+
+
+def _file_kind(path: Path) -> str:
+    """What a non-regular path is, from ``os.stat`` (which never blocks, unlike ``open`` on a FIFO)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"not statable ({type(e).__name__})"
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _grey_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """One-band 16-bit / 32-bit integer / float pixels ``(H, W)`` -> uint8 (see :func:`to_rgb`)."""
+    if mode in _SIXTEEN_BIT_MODES:
+        return np.rint(a.astype(np.float64) / 257.0).astype(np.uint8)  # v * 255 / 65535
+    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if mode == "F" and lo >= 0.0 and hi <= 1.0:
+        out = a * 255.0  # a [0, 1] intensity image
+    elif lo >= 0.0 and hi <= 255.0:
+        out = a  # 8-bit data in a wider container
+    elif mode == "I" and lo >= 0.0 and hi <= 65535.0:
+        out = a / 257.0  # 16-bit data (older Pillow opened 16-bit PNGs as "I")
+    else:
+        out = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)  # no nominal range: stretch
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image -> 8-bit RGB, scaling high-bit-depth pixels instead of clipping them.
+
+    Pillow's modes (Pillow handbook, "Concepts", Modes:
+    https://pillow.readthedocs.io/en/stable/handbook/concepts.html#modes): ``I;16``/``I;16L``/
+    ``I;16B``/``I;16N`` = 16-bit unsigned, ``I`` = 32-bit signed integer, ``F`` = 32-bit float.
+    ``Image.convert`` clamps such values to 0..255 instead of scaling them (python-pillow/Pillow
+    issues #2574 and #1108: a 16-bit greyscale image converts to near-white), which gave all-white
+    crops. So these one-band modes are scaled here:
+
+    * 16-bit: ``round(v * 255 / 65535) = round(v / 257)``, the linear sample-depth rescaling of the
+      PNG specification (RFC 2083 2.2: samples range over 0 .. 2^depth - 1; "sample depth
+      rescaling": output = round(input * MAXOUTSAMPLE / MAXINSAMPLE)). The nominal range, not the
+      image's own maximum, so a dark 16-bit image stays as dark as its 8-bit version.
+    * ``I``: values within 0..255 are taken as 8-bit, within 0..65535 as 16-bit (/257); otherwise,
+      and for ``F`` outside [0, 1] / [0, 255], there is no nominal range and min..max is stretched to
+      0..255 (a choice: such files are not expected in face datasets). ``F`` in [0, 1] is scaled by 255.
+
+    Every other mode (``1``, ``L``, ``P``, ``LA``, ``PA``, ``RGBA``, ``CMYK``, ``YCbCr``, ...) goes
+    through ``Image.convert("RGB")``; for alpha modes that drops the alpha band, as the head-pose
+    reference loaders do (Hopenet's ``img.convert('RGB')``, FSA-Net's ``cv2.imread``). A mode Pillow
+    cannot convert raises ``ValueError`` (the image then fails as unreadable).
+    """
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        grey = _grey_to_uint8(np.asarray(image), mode)  # (H, W) uint8
+        return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), mode="RGB")
+    return image.convert("RGB")
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """Read an image file as 8-bit RGB (:func:`to_rgb`).
+
+    Raises :class:`NotRegularFileError` without opening the path when it exists but is not a regular
+    file (``stage1.is_regular_file``: a FIFO would block ``open`` forever, a device could stream
+    without end); other errors (missing, undecodable) propagate from Pillow.
+    """
+    from .parsers.stage1 import is_regular_file
+
+    path = Path(path)
+    if os.path.lexists(path) and not is_regular_file(path):
+        raise NotRegularFileError(f"{path.name} is {_file_kind(path)}; skipped without opening it")
+    with Image.open(path) as im:
+        im.load()
+        return to_rgb(im)
+
+
+def align_images(
+    images: Sequence[Image.Image | np.ndarray],
+    landmarks: np.ndarray,
+    size: int,
+    template: np.ndarray,
+    points: str,
+    mode: str = "similarity",
+    box: BoxCropOptions | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop images with known landmarks ``(B, 68, 2)`` -> crops ``(B, 3, S, S)`` uint8, landmarks ``(B, 68, 2)``.
+
+    ``mode``: ``similarity`` (template alignment) or ``box`` (axis-aligned, :func:`box_transform`).
+    No QC rejection here (see :func:`crop_qc`).
+    """
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    pils = [to_rgb(im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im, dtype=np.uint8)))
+            for im in images]
+    m = crop_transforms(landmarks, [im.size for im in pils], size, mode, template, points, box)
     if not np.all(np.isfinite(m)):
-        raise ValueError("degenerate landmarks: no similarity transform")
+        raise ValueError("degenerate landmarks: no crop transform")
     crops = np.empty((len(images), 3, size, size), dtype=np.uint8)
-    for i, image in enumerate(images):
-        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
-        crops[i] = warp_to_crop(pil.convert("RGB"), m[i], size)
+    for i, pil in enumerate(pils):
+        crops[i] = warp_to_crop(pil, m[i], size)
     return crops, apply_affine(m, landmarks).astype(np.float32)
 
 
@@ -247,19 +559,35 @@ class _ChunkResult:
     landmarks: np.ndarray  # (k, 68, 2) float32, crop coordinates
     failures: list[tuple[int, str]]  # (raw row, reason)
     seconds: dict[str, float]
+    padding: np.ndarray  # (k,) float32, fraction of each kept crop outside its image
+    rejected: list[int]  # raw rows of QC-rejected crops kept for the QC sheet (at most qc_samples)
+    rejected_crops: np.ndarray  # (r, 3, S, S) uint8, those crops as they would have been
 
 
-def _concat_results(results: Sequence[_ChunkResult], size: int) -> _ChunkResult:
+def _concat_results(results: Sequence[_ChunkResult], size: int, max_rejected: int) -> _ChunkResult:
     seconds: Counter = Counter()
     for r in results:
         seconds.update(r.seconds)
+    rejected = [k for r in results for k in r.rejected][:max_rejected]
     return _ChunkResult(
         kept=[k for r in results for k in r.kept],
         crops=np.concatenate([r.crops for r in results]) if results else np.zeros((0, 3, size, size), np.uint8),
         landmarks=np.concatenate([r.landmarks for r in results]) if results else np.zeros((0, N_POINTS, 2), np.float32),
         failures=sorted(f for r in results for f in r.failures),
         seconds={k: seconds[k] for k in ("read", "landmarks", "warp")},
+        padding=np.concatenate([r.padding for r in results]) if results else np.zeros(0, np.float32),
+        rejected=rejected,
+        rejected_crops=(np.concatenate([r.rejected_crops for r in results])[: len(rejected)] if results
+                        else np.zeros((0, 3, size, size), np.uint8)),
     )
+
+
+def _display_crop(image: Image.Image, m: np.ndarray, size: int) -> np.ndarray:
+    """A rejected crop for the QC sheet; mid-grey when even warping it fails (absurd transform)."""
+    try:
+        return warp_to_crop(image, m, size)
+    except Exception:
+        return np.full((3, size, size), 128, np.uint8)
 
 
 class _ChunkAligner:
@@ -268,10 +596,13 @@ class _ChunkAligner:
     def __init__(self, cfg: AlignConfig, size: int, dataset: str | None = None):
         self.cfg = cfg
         self.size = size
+        self.mode = cfg.crop_for(dataset)
         self.template = canonical_template(size, cfg.crop_scale, cfg.shift_y)
         backend = cfg.backend_for(dataset)
         builder = LANDMARKERS.get(backend)
-        if backend == "face_alignment":
+        if self.mode == AS_IS:  # reads no landmarks (data/passthrough.py): no detector to load
+            self.backend = None
+        elif backend == "face_alignment":
             self.backend = builder(cfg, detector=cfg.detector_for(dataset))
         else:
             self.backend = builder(cfg)
@@ -302,8 +633,10 @@ class _ChunkAligner:
         rows, paths, images = [], [], []
         for row, path in chunk:
             try:
-                with Image.open(path) as im:
-                    images.append(im.convert("RGB"))
+                images.append(read_image(path))
+            except NotRegularFileError as e:
+                failures.append((row, f"{FAIL_NOT_REGULAR}: {e}"))
+                continue
             except Exception as e:
                 failures.append((row, f"{FAIL_UNREADABLE}: {type(e).__name__}: {e}"))
                 continue
@@ -311,6 +644,8 @@ class _ChunkAligner:
             paths.append(path)
         arrays = [np.asarray(im) for im in images]  # (H, W, 3) uint8 RGB
         t1 = time.perf_counter()
+        if self.mode == AS_IS:  # released aligned crops, resized only (data/passthrough.py)
+            return _ChunkResult(**as_is_result(rows, images, failures, self.size, t1 - t0))
         try:
             results = self._landmarks(arrays, paths) if arrays else []
         except Exception as e:  # a single image's backend call raised
@@ -326,35 +661,53 @@ class _ChunkAligner:
                 failures.append((rows[j], f"{FAIL_BACKEND}: landmarks of shape {res.shape} or non-finite"))
                 continue
             good.append((j, res))
-        crops = np.empty((len(good), 3, self.size, self.size), dtype=np.uint8)
+        size = self.size
+        crops = np.empty((len(good), 3, size, size), dtype=np.uint8)
         lms = np.empty((len(good), N_POINTS, 2), dtype=np.float32)
+        pads = np.empty(len(good), dtype=np.float32)
         kept: list[int] = []
+        rejected: list[int] = []
+        rejected_crops: list[np.ndarray] = []
         if good:
             lm_src = np.stack([g[1] for g in good])  # (k, 68, 2)
-            m = alignment_transforms(lm_src, self.template, self.cfg.points)  # (k, 2, 3)
+            sizes = [images[j].size for j, _ in good]  # (width, height)
+            m = crop_transforms(lm_src, sizes, size, self.mode, self.template, self.cfg.points,
+                                self.cfg.box)  # (k, 2, 3)
             ok = np.all(np.isfinite(m), axis=(1, 2))
             ok[ok] = np.abs(np.linalg.det(m[ok, :, :2])) > 1e-12
             lm_crop = apply_affine(m, lm_src)
+            degenerate = ("the five alignment points coincide" if self.mode == "similarity"
+                          else "the landmarks' bounding box has no area")
             n = 0
-            for (j, _), m_i, ok_i, lm_i in zip(good, m, ok, lm_crop):
+            for (j, src_i), wh, m_i, ok_i, lm_i in zip(good, sizes, m, ok, lm_crop):
                 if not ok_i:
-                    failures.append((rows[j], f"{FAIL_DEGENERATE}: the five alignment points coincide"))
+                    failures.append((rows[j], f"{FAIL_DEGENERATE}: {degenerate}"))
                     continue
-                crops[n] = warp_to_crop(images[j], m_i, self.size)
+                reason, pad, _ = crop_qc(src_i, m_i, wh, size, self.cfg.qc)
+                if reason is not None:
+                    failures.append((rows[j], reason))
+                    if len(rejected) < self.cfg.qc_samples:  # shown on qc_worst.png with the reason
+                        rejected.append(rows[j])
+                        rejected_crops.append(_display_crop(images[j], m_i, size))
+                    continue
+                crops[n] = warp_to_crop(images[j], m_i, size)
                 lms[n] = lm_i
+                pads[n] = pad
                 kept.append(rows[j])
                 n += 1
-            crops, lms = crops[:n], lms[:n]
+            crops, lms, pads = crops[:n], lms[:n], pads[:n]
         seconds["read"] = t1 - t0
         seconds["landmarks"] = t2 - t1
         seconds["warp"] = time.perf_counter() - t2
         failures.sort()
-        return _ChunkResult(kept, crops, lms, failures, seconds)
+        rej = np.stack(rejected_crops) if rejected_crops else np.zeros((0, 3, size, size), np.uint8)
+        return _ChunkResult(kept, crops, lms, failures, seconds, pads, rejected, rej)
 
     def chunk(self, items: list[tuple[int, Path]]) -> _ChunkResult:
         """One resumable chunk (``chunk_size`` images) in batches of ``batch_size``."""
         bs = self.cfg.batch_size
-        return _concat_results([self(items[s : s + bs]) for s in range(0, len(items), bs)], self.size)
+        return _concat_results([self(items[s : s + bs]) for s in range(0, len(items), bs)], self.size,
+                               self.cfg.qc_samples)
 
 
 _WORKER: _ChunkAligner | None = None
@@ -401,6 +754,12 @@ def _progress(total: int, desc: str):
             pass
 
     return _Log()
+
+
+def _stat(fn, values: np.ndarray) -> float | None:
+    """``fn`` over the finite values, None when there are none (JSON has no NaN)."""
+    v = values[np.isfinite(values)]
+    return float(fn(v)) if len(v) else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -460,9 +819,11 @@ def _plan(raw_dir: Path, split: str, cfg: AlignConfig, size: int, dataset: str |
     items = [(i, raw_dir / p) for i, p in enumerate(rel_paths)]
     chunks = [items[s : s + cfg.chunk_size] for s in range(0, len(items), cfg.chunk_size)]
     settings = dataclasses.asdict(cfg)
-    # do not change chunks (the dataset's own backend / detector are in the fingerprint below)
-    for k in ("parts", "max_failure_rate", "qc_samples", "batch_size", "detectors", "backend", "backends"):
+    # do not change chunks (the dataset's own backend / detector / crop mode are in the fingerprint below)
+    for k in ("parts", "max_failure_rate", "qc_samples", "batch_size", "detectors", "backend", "backends",
+              "crop", "crops", "box"):
         settings.pop(k)
+    mode = cfg.crop_for(dataset)
     fingerprint = {
         "raw_dir": str(raw_dir.resolve()),
         "manifest_sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
@@ -470,6 +831,8 @@ def _plan(raw_dir: Path, split: str, cfg: AlignConfig, size: int, dataset: str |
         "size": size,
         "backend": cfg.backend_for(dataset),
         "detector": cfg.detector_for(dataset) if cfg.backend_for(dataset) == "face_alignment" else None,
+        "crop": mode,
+        "box": dataclasses.asdict(cfg.box) if mode == "box" else None,
         "settings": settings,
     }
     return _Plan(raw_dir, split, dataset, manifest, rel_paths, chunks, fingerprint)
@@ -527,6 +890,9 @@ def _save_chunk(path: Path, res: _ChunkResult, key: str) -> None:
             fail_rows=np.asarray([r for r, _ in res.failures], dtype=np.int64),
             fail_reasons=np.asarray([w for _, w in res.failures], dtype=str),
             seconds=np.asarray([res.seconds[k] for k in ("read", "landmarks", "warp")], dtype=np.float64),
+            padding=res.padding.astype(np.float32),
+            rejected=np.asarray(res.rejected, dtype=np.int64),
+            rejected_crops=res.rejected_crops,
         )
         f.flush()
         os.fsync(f.fileno())
@@ -544,6 +910,9 @@ def _load_chunk(path: Path, size: int) -> _ChunkResult:
             landmarks=z["landmarks"],
             failures=list(zip(z["fail_rows"].tolist(), z["fail_reasons"].tolist())),
             seconds=dict(zip(("read", "landmarks", "warp"), z["seconds"].tolist())),
+            padding=z["padding"],
+            rejected=z["rejected"].tolist(),
+            rejected_crops=z["rejected_crops"],
         )
 
 
@@ -606,7 +975,7 @@ def align_chunks(
                 bar.update(len(res.kept) + len(res.failures))
                 if len(pending[c]) == n_batches[c]:
                     # a chunk file exists only once complete (tmp + os.replace)
-                    _save_chunk(_chunk_path(work, c), _concat_results(pending.pop(c), size),
+                    _save_chunk(_chunk_path(work, c), _concat_results(pending.pop(c), size, cfg.qc_samples),
                                 _input_key(plan.chunks[c]))
         except BaseException:
             if pool is not None:
@@ -621,10 +990,24 @@ def align_chunks(
 
 
 def qc_scores(landmarks: np.ndarray, template: np.ndarray) -> np.ndarray:
-    """Alignment QC score per face ``(N,)``: RMS distance of the five alignment points from the
-    template after alignment, in pixels of the crop (0 = a perfect similarity fit; larger = the landmarks
-    are not a similarity of the template: wrong landmarks, extreme pose or expression)."""
-    d = five_points(landmarks) - template  # (N, 5, 2)
+    """Alignment QC score per face ``(N,)``: RMS residual of the five alignment points of the crop
+    landmarks ``(N, 68, 2)`` after their least-squares similarity fit onto the template, in pixels of
+    the crop (0 = the five points are an exact similarity of the template; larger = wrong landmarks,
+    extreme pose or expression).
+
+    For ``similarity`` crops the fitted similarity is the identity (the crop points are already the
+    least-squares fit), so this is their plain RMS distance from the template; ``box`` crops keep the
+    roll and their own scale, which the refit removes, so the score means the same in both modes.
+    """
+    five = five_points(landmarks)  # (N, 5, 2)
+    if len(five) == 0:
+        return np.zeros(0)
+    measured = np.isfinite(five).all(axis=(1, 2))
+    if not measured.all():  # crop mode as_is stores no landmarks (NaN): the score is undefined (nan)
+        out = np.full(len(five), np.nan)
+        out[measured] = qc_scores(np.asarray(landmarks)[measured], template)
+        return out
+    d = apply_affine(umeyama(five, template), five) - template  # (N, 5, 2)
     return np.sqrt((d**2).sum(axis=-1).mean(axis=-1))
 
 
@@ -694,6 +1077,9 @@ def merge_chunks(
     kept: list[int] = []
     failures: list[tuple[int, str]] = []
     scores: list[np.ndarray] = []
+    paddings: list[np.ndarray] = []
+    rejected: list[int] = []
+    rejected_crops: list[np.ndarray] = []
     desc = f"align {plan.dataset}/{split}"
     with atomic_dir(out_dir) as tmp:
         writer = ShardWriter(tmp, capacity=n_total, size=size)
@@ -705,7 +1091,13 @@ def merge_chunks(
                 failures.extend(res.failures)
                 seconds.update(res.seconds)
                 scores.append(qc_scores(res.landmarks, template))
+                paddings.append(res.padding)
+                room = cfg.qc_samples - len(rejected)
+                rejected.extend(res.rejected[:room])
+                rejected_crops.extend(res.rejected_crops[:room])
             score = np.concatenate(scores) if scores else np.zeros(0)
+            padding = np.concatenate(paddings) if paddings else np.zeros(0)
+            why = dict(failures)
             n_failed = len(failures)
             rate = n_failed / n_total
             by_reason = Counter(reason.split(":")[0] for _, reason in failures)
@@ -716,6 +1108,8 @@ def merge_chunks(
                 "split": split,
                 "backend": plan.fingerprint["backend"],
                 "detector": plan.fingerprint["detector"],
+                "crop": plan.fingerprint["crop"],
+                "box": plan.fingerprint["box"],
                 "points": cfg.points,
                 "size": size,
                 "template": template.round(4).tolist(),
@@ -727,13 +1121,25 @@ def merge_chunks(
                 "failures_by_reason": dict(sorted(by_reason.items())),
                 "failures": [{"row": r, "path": plan.rel_paths[r], "reason": why} for r, why in failures],
                 "score": {
-                    "definition": "RMS distance of the five aligned points from the template, in px of the crop",
-                    "median": float(np.median(score)) if len(score) else None,
-                    "p95": float(np.percentile(score, 95)) if len(score) else None,
-                    "max": float(score.max()) if len(score) else None,
+                    "definition": "RMS residual of the five crop points after their least-squares similarity "
+                                  "fit onto the template, in px of the crop",
+                    # rows without landmarks (align.crop as_is) have no score: NaN, left out here
+                    # so qc.json stays standard JSON
+                    "n_scored": int(np.isfinite(score).sum()),
+                    "median": _stat(np.median, score),
+                    "p95": _stat(lambda v: np.percentile(v, 95), score),
+                    "max": _stat(np.max, score),
                     "worst": [{"row": int(i), "path": plan.rel_paths[kept[i]], "score": float(score[i])}
-                              for i in worst],
+                              for i in worst if np.isfinite(score[i])],
                 },
+                "padding": {
+                    "definition": "fraction of a kept crop's pixels outside its image (black)",
+                    "median": float(np.median(padding)) if len(padding) else None,
+                    "p95": float(np.percentile(padding, 95)) if len(padding) else None,
+                    "max": float(padding.max()) if len(padding) else None,
+                },
+                # QC-rejected crops shown first on qc_worst.png (align.qc), at most qc_samples
+                "rejected_shown": [{"path": plan.rel_paths[r], "reason": why[r]} for r in rejected],
                 "n_chunks": len(plan.chunks),
                 "chunk_size": cfg.chunk_size,
                 "timings_s": {
@@ -767,7 +1173,13 @@ def merge_chunks(
             images = np.load(tmp / "images.npy", mmap_mode="r")
             sample = np.unique(np.linspace(0, len(kept) - 1, n_show).round().astype(int)).tolist()
             contact_sheet(images, sample, tmp / "qc_samples.png")
-            contact_sheet(images, worst, tmp / "qc_worst.png", captions=[f"{score[i]:.2f}" for i in worst])
+        if kept or rejected:
+            # the worst cases: the QC-rejected crops (caption: why) first, then the worst-scoring kept ones
+            tiles = list(rejected_crops) + ([np.asarray(images[i]) for i in worst] if kept else [])
+            captions = ([_REJECT_TAGS.get(why[r].split(":")[0], "REJ") for r in rejected]
+                        + [f"{score[i]:.2f}" for i in worst])
+            contact_sheet(np.stack(tiles), range(len(tiles)), tmp / "qc_worst.png", captions=captions)
+        if kept:
             del images
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)

@@ -23,22 +23,60 @@ recorded on first download. :func:`extract_archive` therefore
 
 The standard library's ``tarfile`` ``data`` filter (Python 3.12) covers part of this for tar only and
 is not available on 3.10/3.11, hence one implementation for both formats.
+
+:func:`verify_archive` reads an archive completely without writing anything: pclbench.data.download
+calls it before a first download without a published checksum is recorded in the lock file, so a cut
+transfer or an error page is never recorded as "the" release. What "completely readable" means:
+
+- zip: every member is decompressed and its CRC-32 compared, as ``ZipFile.testzip`` does ("Read all
+  the files in the archive and check their CRC's", Python docs, zipfile); a bad CRC raises
+  ``BadZipFile``.
+- tar (plain or gzip/bz2/xz): every member's data is read. A compressed stream cut short raises
+  ``EOFError`` from gzip/bz2/lzma. A *plain* tar cut exactly at a header boundary reads as a shorter
+  valid archive in :mod:`tarfile` (it stops at end of file without error), so the end-of-archive
+  marker is also required: "The end of the archive is indicated by two records consisting entirely of
+  zero bytes" (tar(5), libarchive / FreeBSD File Formats Manual; the POSIX pax/ustar description says
+  the same).
+- a single gzip / bz2 / xz stream (``x.gz`` that is not a tar): decompressed to the end; gzip checks its
+  CRC-32 and length trailer (RFC 1952, 2.3.1) and raises ``BadGzipFile`` / ``EOFError``.
+
+Low-level errors (``EOFError``, ``zipfile.BadZipFile``, ``tarfile.TarError``, ``zlib.error``,
+``lzma.LZMAError``, ``OSError`` from a decompressor) become :class:`CorruptArchive` naming the archive;
+a file of the archive's that is both a file and a folder (``FileExistsError`` / ``NotADirectoryError``
+while writing) becomes :class:`UnsafeArchive`. Callers never see a traceback from a bad download.
 """
 from __future__ import annotations
 
+import bz2
 import dataclasses
+import gzip
+import lzma
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Iterator, Optional
 
 
 class UnsafeArchive(ValueError):
-    """The archive has an entry that could write outside the target, or exceeds the size limits."""
+    """The archive cannot be extracted safely: an entry could write outside the target, the size limits
+    are exceeded, or (subclass :class:`CorruptArchive`) it cannot be read completely."""
+
+
+class CorruptArchive(UnsafeArchive):
+    """The archive is truncated or damaged (bad CRC, stream cut short, not an archive at all).
+
+    A subclass of :class:`UnsafeArchive` so that every caller that refuses unsafe archives (the CLI
+    turns them into a one-line error) refuses unreadable ones too.
+    """
+
+
+# What the standard library raises for damaged archive bytes (zipfile, tarfile, gzip, bz2, lzma, zlib).
+_READ_ERRORS = (EOFError, zipfile.BadZipFile, tarfile.TarError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
 
 
 @dataclasses.dataclass
@@ -146,7 +184,11 @@ def _inside(root: str, path: str) -> bool:
 def _open_archive(archive: Path):
     if zipfile.is_zipfile(archive):
         zf = zipfile.ZipFile(archive)
-        return zf, list(_zip_entries(zf, archive))
+        try:
+            return zf, list(_zip_entries(zf, archive))
+        except BaseException:
+            zf.close()
+            raise
     if tarfile.is_tarfile(archive):
         tf = tarfile.open(archive, "r:*")
         try:
@@ -154,7 +196,88 @@ def _open_archive(archive: Path):
         except BaseException:
             tf.close()
             raise
-    raise UnsafeArchive(f"{archive}: neither a zip nor a tar archive (by content); cannot extract it")
+    raise CorruptArchive(f"{archive}: neither a zip nor a tar archive (by content); cannot extract it")
+
+
+def _corrupt(archive: Path, e: BaseException) -> CorruptArchive:
+    return CorruptArchive(f"{archive}: not a complete, readable archive ({type(e).__name__}: {e}); the download "
+                          f"is truncated or damaged")
+
+
+# Suffixes of single compressed streams (not tar) and their readers.
+_STREAMS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tbz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz")
+
+
+def archive_kind(name: str) -> Optional[str]:
+    """``zip`` | ``tar`` | ``stream`` (single .gz/.bz2/.xz) by file name, or None for other files."""
+    low = name.lower()
+    if low.endswith(".zip"):
+        return "zip"
+    if low.endswith(_TAR_SUFFIXES):
+        return "tar"
+    if any(low.endswith(s) for s in _STREAMS):
+        return "stream"
+    return None
+
+
+def verify_archive(archive: str | os.PathLike, *, max_bytes: int, max_files: int, kind: Optional[str] = None) -> None:
+    """Read ``archive`` completely (module docstring) without writing; :class:`CorruptArchive` if it cannot be.
+
+    ``kind`` (``zip`` | ``tar`` | ``stream``) defaults to :func:`archive_kind` of the name, then to the
+    content (zip or tar). The entry checks of :func:`extract_archive` (paths, limits) apply as well, and
+    at most ``max_bytes`` are decompressed, so a zip bomb is refused here too.
+    """
+    archive = Path(archive)
+    kind = kind or archive_kind(archive.name)
+    try:
+        if kind == "stream":
+            opener = next(o for s, o in _STREAMS.items() if archive.name.lower().endswith(s))
+            total = 0
+            with opener(archive, "rb") as fh:
+                while True:
+                    block = fh.read(1 << 20)
+                    if not block:
+                        return
+                    total += len(block)
+                    if total > max_bytes:
+                        raise UnsafeArchive(f"{archive}: decompresses to more than {max_bytes} bytes "
+                                            f"(download.max_extract_bytes); refusing it (zip-bomb guard)")
+        if kind == "zip" and not zipfile.is_zipfile(archive):
+            # The central directory sits at the end of a zip (APPNOTE.TXT 4.3.6): a cut file has none.
+            raise CorruptArchive(f"{archive}: not a complete, readable archive: no zip end-of-central-directory "
+                                 f"record (truncated, or not a zip at all)")
+        handle, entries = _open_archive(archive)
+        with handle:
+            _check(entries, archive, max_bytes, max_files)
+            total = 0
+            for e in entries:
+                if e.kind != "file":
+                    continue
+                with e.open() as src:
+                    while True:
+                        block = src.read(1 << 20)  # zip: the CRC-32 is checked when the member ends
+                        if not block:
+                            break
+                        total += len(block)
+                        if total > max_bytes:
+                            raise UnsafeArchive(f"{archive}: unpacking exceeds {max_bytes} bytes "
+                                                f"(download.max_extract_bytes); refusing the archive")
+            if isinstance(handle, tarfile.TarFile):
+                _check_tar_end(handle, archive)
+    except UnsafeArchive:
+        raise
+    except (*_READ_ERRORS, OSError) as e:
+        raise _corrupt(archive, e) from None
+
+
+def _check_tar_end(tf: tarfile.TarFile, archive: Path) -> None:
+    """The two zero records that end every tar archive (tar(5)) must follow the last member."""
+    tf.fileobj.seek(tf.offset)
+    tail = tf.fileobj.read(2 * tarfile.BLOCKSIZE)
+    if len(tail) < 2 * tarfile.BLOCKSIZE or tail.strip(b"\0"):
+        raise CorruptArchive(f"{archive}: the tar archive ends without its end-of-archive marker (two zero "
+                             f"records) after {len(tf.getmembers())} member(s); the download is truncated")
 
 
 def extract_archive(archive: str | os.PathLike, target: str | os.PathLike, *, max_bytes: int,
@@ -168,13 +291,25 @@ def extract_archive(archive: str | os.PathLike, target: str | os.PathLike, *, ma
     """
     archive, target = Path(archive), Path(target)
     created = not target.exists()
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UnsafeArchive(f"cannot extract {archive} into {target}: a file is in the way of that folder; "
+                            f"move it away and run again") from None
     tmp = Path(tempfile.mkdtemp(prefix=f".extract-{archive.name}-", dir=target))
     try:
-        handle, entries = _open_archive(archive)
-        with handle:
-            _check(entries, archive, max_bytes, max_files)
-            _write(entries, tmp, archive, max_bytes)
+        try:
+            handle, entries = _open_archive(archive)
+            with handle:
+                _check(entries, archive, max_bytes, max_files)
+                _write(entries, tmp, archive, max_bytes)
+        except (FileExistsError, NotADirectoryError) as e:
+            raise UnsafeArchive(f"{archive}: an entry is both a file and a folder ({e.filename}); refusing the "
+                                f"archive") from None
+        except UnsafeArchive:
+            raise
+        except _READ_ERRORS as e:
+            raise _corrupt(archive, e) from None
         tops = sorted({e.path.split("/")[0] for e in entries if e.path})
         for name in tops:
             _merge(tmp / name, target / name)

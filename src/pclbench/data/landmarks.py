@@ -195,15 +195,30 @@ def _largest(boxes: Sequence[Sequence[float]]) -> int:
 
 
 class GroundTruthLandmarker:
-    """Landmarks read from ``<image path>.pts`` (same path, suffix ``.pts``); no detection."""
+    """Landmarks read from ``<image path>.pts`` (same path, suffix ``.pts``); no detection.
+
+    A ``.pts`` path that is not a regular file (a FIFO, a device, a directory) is reported as a
+    failure without being opened: ``open()`` on a FIFO blocks until a writer appears, which would hang
+    the whole alignment job (``stage1.is_regular_file`` checks with ``os.stat``, which never blocks).
+    """
 
     def __init__(self, index_base: int):
         self.index_base = index_base
 
     def detect(self, images: Sequence[np.ndarray], paths: Sequence[Path]) -> list[np.ndarray | str]:
         out: list[np.ndarray | str] = []
+        from .parsers.stage1 import is_regular_file  # here: stage1 imports this module
+
         for path in paths:
             pts_path = Path(path).with_suffix(".pts")
+            if not os.path.lexists(pts_path):
+                out.append(f"{FAIL_NO_PTS}: {pts_path.name} not found")
+                continue
+            if not is_regular_file(pts_path):
+                # a FIFO would block the read forever, a device could stream without end
+                out.append(f"{FAIL_NO_PTS}: {pts_path.name} is not a regular file (FIFO, device, directory "
+                           "or dangling link); skipped without opening it")
+                continue
             try:
                 pts = read_pts(pts_path, self.index_base)
             except FileNotFoundError:

@@ -1,6 +1,6 @@
 """Video frames for pretraining: decode clips, sample frames at a fixed rate, write identity/clip/frame folders.
 
-PCL pretrains on VoxCeleb frames (method doc 3.9 and Appendix A.3). The authors' script kept the
+PCL pretrains on VoxCeleb frames (docs/method.md §3.9 and Appendix A.3). The authors' script kept the
 frames whose index modulo 25 is 0, 4, 8, 12, 16 or 20 (6 of every 25 frames, ~6 fps at VoxCeleb's
 25 fps, ignoring the video's real rate). Here the rate is explicit and uses the frames' timestamps:
 frame ``i`` at time ``t_i`` is kept when ``floor(t_i * fps)`` exceeds that of the last kept frame,

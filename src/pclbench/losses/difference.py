@@ -1,4 +1,4 @@
-"""Orthogonalising regulation L_orth: the Domain-Separation-Networks difference loss (method doc 2.3).
+"""Orthogonalising regulation L_orth: the Domain-Separation-Networks difference loss (docs/method.md §2.3).
 
 Pushes the face-aware features e and the pose-related features p of a batch towards uncorrelated
 feature dimensions, ``L(X, Y) = mean over the D_x x D_y entries of (X^T Y)^2`` after centring each
@@ -10,11 +10,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .info_nce import loss_float
+
 _EPS = 1e-6  # added to the detached row norm (2.3)
 
 
 def _centre_and_scale(x: Tensor) -> Tensor:
-    x = x.flatten(1).float()
+    x = loss_float(x.flatten(1))  # float32 under autocast; float64 stays float64
     x = x - x.mean(dim=0, keepdim=True)  # (B, D), centred over the batch
     return x / (x.norm(dim=1, keepdim=True).detach() + _EPS)
 
@@ -28,7 +30,7 @@ def difference_loss(x: Tensor, y: Tensor) -> Tensor:
     if x.dim() < 2 or y.dim() < 2 or x.shape[0] != y.shape[0]:
         raise ValueError(f"difference_loss: x and y must be (B, D) with the same B, got {tuple(x.shape)} "
                          f"and {tuple(y.shape)}")
-    with torch.autocast(device_type=x.device.type, enabled=False):  # float32 even under AMP
+    with torch.autocast(device_type=x.device.type, enabled=False):  # at least float32 even under AMP
         xn, yn = _centre_and_scale(x), _centre_and_scale(y)
         frob2 = ((xn @ xn.T) * (yn @ yn.T)).sum()
         return frob2 / (xn.shape[1] * yn.shape[1])

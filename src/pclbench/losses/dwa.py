@@ -1,4 +1,4 @@
-"""Dynamic Weight Averaging over PCL's two contrastive losses (method doc 2.8; Liu et al., CVPR 2019).
+"""Dynamic Weight Averaging over PCL's two contrastive losses (docs/method.md §2.8; Liu et al., CVPR 2019).
 
 With ``L_k(t)`` the epoch mean of the UNWEIGHTED loss of task k and K the number of tasks, for
 epoch ``t > start_epoch``:

@@ -1,6 +1,6 @@
 """InfoNCE with Beta-mixup of negatives: PCL's face-aware (2.5) and pose-related (2.6) contrastive losses.
 
-Mixup (method doc 2.5): for anchor i and negative slot j, ``lambda_ij ~ Beta(a, a)`` and ONE
+Mixup (docs/method.md §2.5): for anchor i and negative slot j, ``lambda_ij ~ Beta(a, a)`` and ONE
 permutation ``pi`` of the K slots shared by all anchors give
 ``n'_ij = lambda_ij * n_ij + (1 - lambda_ij) * n_i,pi(j)``, so every mixed negative is a convex mix
 of two of the anchor's own negatives (the positive is never mixed in), taken BEFORE L2-normalisation.
@@ -13,7 +13,8 @@ variates (Marsaglia-Tsang, vectorised with a fixed number of proposal rounds) be
 ``torch.distributions.Beta`` cannot take a generator; no host-device sync happens.
 
 Losses are computed in float32 even under autocast: they are cheap and cosines / exp(1/T) are
-precision-sensitive.
+precision-sensitive. Float64 inputs stay float64 (:func:`loss_float`), so a float64 model can be
+compared with a float64 reference to float64 rounding (tests/test_pcl_reference.py).
 """
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ _MT_ROUNDS = 16  # Marsaglia-Tsang proposals per variate; acceptance >= 0.95 eac
 def no_autocast(device: torch.device):
     """Context that keeps a loss in float32 when the caller runs under ``torch.autocast``."""
     return torch.autocast(device_type=torch.device(device).type, enabled=False)
+
+
+def loss_float(x: Tensor) -> Tensor:
+    """``x`` in the precision a loss is computed in: float16 / bfloat16 (autocast outputs) are raised
+    to float32, float32 and float64 are kept."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _check_generator(generator: torch.Generator | None, device: torch.device) -> None:
@@ -98,7 +105,7 @@ def _check_draws(draws: tuple[Tensor, Tensor], n_anchors: int, n_neg: int, who: 
 
 def mix_negatives(neg: Tensor, alpha: float | None, generator: torch.Generator | None,
                   draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """Beta-mixup of each anchor's negatives, ``neg (A, K, D) -> (A, K, D)`` (method doc 2.5).
+    """Beta-mixup of each anchor's negatives, ``neg (A, K, D) -> (A, K, D)`` (docs/method.md §2.5).
 
     ``alpha`` None or <= 0 disables mixing (returns ``neg``). ``draws``: the ``(lam, perm)`` of
     :func:`draw_mixup` drawn beforehand (then ``generator`` is not used), so the computation itself
@@ -124,9 +131,9 @@ def info_nce_with_negatives(q: Tensor, k: Tensor, neg: Tensor, temperature: floa
     if not temperature > 0:
         raise ValueError(f"info_nce_with_negatives: temperature must be > 0, got {temperature!r}")
     with no_autocast(q.device):
-        q = F.normalize(q.float(), dim=-1)
-        k = F.normalize(k.float(), dim=-1)
-        neg = F.normalize(neg.float(), dim=-1)
+        q = F.normalize(loss_float(q), dim=-1)
+        k = F.normalize(loss_float(k), dim=-1)
+        neg = F.normalize(loss_float(neg), dim=-1)
         pos = (q * k).sum(-1, keepdim=True)  # (A, 1)
         negs = torch.einsum("ad,akd->ak", q, neg)  # (A, K)
         logits = torch.cat([pos, negs], dim=1) / temperature  # (A, 1 + K)
@@ -148,7 +155,7 @@ def _other_rows(n: int, device: torch.device) -> Tensor:
 def face_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float, neg_alpha: float | None,
                           generator: torch.Generator | None = None,
                           draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """Face-aware InfoNCE with in-batch, Beta-mixed negatives (method doc 2.5).
+    """Face-aware InfoNCE with in-batch, Beta-mixed negatives (docs/method.md §2.5).
 
     ``z1, z2 (B, D)``: projected features of the two views of each image. Anchors are the 2B rows of
     ``[z1; z2]``; row i's positive is its other view and its negatives are the other 2B - 2 rows (in
@@ -170,7 +177,7 @@ def face_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float, neg_alpha:
         raise ValueError(f"face_contrastive_loss: temperature must be > 0, got {temperature!r}")
     _check_generator(generator, z1.device)
     with no_autocast(z1.device):
-        z = torch.cat([z1, z2], dim=0).float()  # (2B, D), un-normalised
+        z = loss_float(torch.cat([z1, z2], dim=0))  # (2B, D), un-normalised
         n, b = z.shape[0], z1.shape[0]
         qn = F.normalize(z, dim=1)  # (2B, D)
         rows = torch.arange(n, device=z.device)
@@ -198,14 +205,23 @@ def face_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float, neg_alpha:
 
 def pose_contrastive_loss(z_pos: Tensor, z_neg: Tensor, temperature: float, neg_alpha: float | None,
                           generator: torch.Generator | None = None,
-                          draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """Pose-related InfoNCE (method doc 2.6).
+                          draws: tuple[Tensor, Tensor] | None = None, share_views: bool = False) -> Tensor:
+    """Pose-related InfoNCE (docs/method.md §2.6).
 
     ``z_pos (B, 2, D)``: the two un-flipped views of each image; ``z_neg (B, K, D)``: that image's K
     negatives (which images they come from is the caller's choice: the authors' chunking quirk of
     2.6 is a re-indexing of ``z_neg`` before this call). Anchors are both views (2B, ordered view 1
-    of every image, then view 2); each anchor's set of K negatives is mixed with its own lambdas, the
-    permutation being shared by all anchors. ``draws``: :func:`draw_mixup` ``(2B, K)`` made beforehand.
+    of every image, then view 2); the K negatives of an image serve both of its views, mixed with
+    ONE permutation shared by all anchors and Beta lambdas drawn
+
+    - ``share_views=False``: per anchor and slot, ``lam (2B, K)``: each view of an image gets its own
+      mixes, as every anchor of the face loss does (2.5);
+    - ``share_views=True``: per image and slot, ``lam (B, K)``, shared by the image's two views: the
+      authors mix each image's negative set once and then repeat it for both views (DreamMr/PCL
+      Models/exppose.py ``neg_inter_info_nce_loss_pose``: Beta draws of shape (b/2, 100), mixing,
+      then ``repeat(2, 1, 1)``; docs/method.md §2.6 "the negative set is shared by the two views").
+
+    ``draws``: :func:`draw_mixup` of that shape made beforehand (``PoseContrastiveLoss.draw``).
     """
     if z_pos.dim() != 3 or z_pos.shape[1] != 2 or z_neg.dim() != 3 or z_neg.shape[0] != z_pos.shape[0] \
             or z_neg.shape[2] != z_pos.shape[2]:
@@ -214,9 +230,15 @@ def pose_contrastive_loss(z_pos: Tensor, z_neg: Tensor, temperature: float, neg_
     _check_generator(generator, z_pos.device)
     q = torch.cat([z_pos[:, 0], z_pos[:, 1]], dim=0)  # (2B, D)
     k = torch.cat([z_pos[:, 1], z_pos[:, 0]], dim=0)  # (2B, D)
-    neg = torch.cat([z_neg, z_neg], dim=0).float()  # (2B, K, D): shared by the two views of an image
-    with no_autocast(neg.device):
-        neg = mix_negatives(neg, neg_alpha, generator, draws)
+    with no_autocast(z_neg.device):
+        neg = loss_float(z_neg)  # (B, K, D)
+        if share_views:
+            # one mix per image, then the same mixed set for both views (the authors' order)
+            neg = mix_negatives(neg, neg_alpha, generator, draws)  # (B, K, D)
+            neg = torch.cat([neg, neg], dim=0)  # (2B, K, D)
+        else:
+            neg = torch.cat([neg, neg], dim=0)  # (2B, K, D): shared by the two views of an image
+            neg = mix_negatives(neg, neg_alpha, generator, draws)  # each anchor mixed with its own lambdas
     return info_nce_with_negatives(q, k, neg, temperature)
 
 
@@ -228,7 +250,7 @@ def _check_hparams(owner: str, temperature: float, neg_alpha: float | None) -> N
 
 
 class FaceContrastiveLoss(nn.Module):
-    """Face-aware contrastive loss L_face (method doc 2.5); see :func:`face_contrastive_loss`.
+    """Face-aware contrastive loss L_face (docs/method.md §2.5); see :func:`face_contrastive_loss`.
 
     Paper: temperature 0.07, neg_alpha 1.6. ``neg_alpha`` None or <= 0 disables the mixup.
     """
@@ -253,23 +275,30 @@ class FaceContrastiveLoss(nn.Module):
 
 
 class PoseContrastiveLoss(nn.Module):
-    """Pose-related contrastive loss L_pose (method doc 2.6); see :func:`pose_contrastive_loss`."""
+    """Pose-related contrastive loss L_pose (docs/method.md §2.6); see :func:`pose_contrastive_loss`.
 
-    def __init__(self, temperature: float, neg_alpha: float | None):
+    ``share_views``: one Beta lambda per image and negative slot, shared by the image's two views
+    (the authors' code; ``pcl.pose_mixup_lambdas: faithful``), instead of one per anchor.
+    """
+
+    def __init__(self, temperature: float, neg_alpha: float | None, share_views: bool = False):
         super().__init__()
         _check_hparams("PoseContrastiveLoss", temperature, neg_alpha)
         self.temperature = float(temperature)
         self.neg_alpha = None if neg_alpha is None else float(neg_alpha)
+        self.share_views = bool(share_views)
 
     def draw(self, batch: int, n_neg: int, generator: torch.Generator | None, device: torch.device | str):
-        """The mixup draws for ``batch`` images of ``n_neg`` negatives, or None without mixup."""
+        """The mixup draws for ``batch`` images of ``n_neg`` negatives, or None without mixup:
+        ``lam (2 batch, n_neg)`` (one per anchor) or ``(batch, n_neg)`` (``share_views``), ``perm (n_neg,)``."""
         if not mixup_enabled(self.neg_alpha):
             return None
-        return draw_mixup(2 * batch, n_neg, self.neg_alpha, generator, device)
+        return draw_mixup(batch if self.share_views else 2 * batch, n_neg, self.neg_alpha, generator, device)
 
     def forward(self, z_pos: Tensor, z_neg: Tensor, generator: torch.Generator | None = None,
                 draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        return pose_contrastive_loss(z_pos, z_neg, self.temperature, self.neg_alpha, generator, draws)
+        return pose_contrastive_loss(z_pos, z_neg, self.temperature, self.neg_alpha, generator, draws,
+                                     share_views=self.share_views)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, neg_alpha={self.neg_alpha}"
+        return f"temperature={self.temperature}, neg_alpha={self.neg_alpha}, share_views={self.share_views}"

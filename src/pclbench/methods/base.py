@@ -2,7 +2,7 @@
 
 The trainer owns data, devices, the optimiser, the schedule, logging and checkpoints; a method owns
 its networks, its losses and its optimiser steps. PCL makes three optimiser steps per iteration
-(method doc 2.7), so ``train_iteration`` receives the optimiser rather than returning a loss.
+(docs/method.md §2.7), so ``train_iteration`` receives the optimiser rather than returning a loss.
 """
 from __future__ import annotations
 

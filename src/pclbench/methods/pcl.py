@@ -1,7 +1,7 @@
 """PCL: Pose-disentangled Contrastive Learning for self-supervised facial representation.
 
 Liu, Wang, Zhan, Feng, Liu, Chen, CVPR 2023, https://arxiv.org/abs/2211.13490
-(method doc: docs/pcl-method.md). One iteration is THREE optimiser steps, in this order (2.7):
+(docs/method.md). One iteration is THREE optimiser steps, in this order (2.7):
 
 1. ``pfe`` (pose-disentangled decoding, PDD): encode the noisy image s and its noisy flip s^
    (2.1), orthogonalise face and pose head outputs (L_orth, 2.3) and reconstruct the CLEAN s, s^
@@ -14,7 +14,7 @@ Liu, Wang, Zhan, Feng, Liu, Chen, CVPR 2023, https://arxiv.org/abs/2211.13490
 Gradient flow (2.7): trunk <- all three steps; face head <- pfe + face; pose head <- pfe + pose;
 decoder <- pfe; exp_fc <- face; pose_fc <- pose.
 
-Faithful / fixed switches (method doc 6, 7; the fixed behaviour is the default):
+Faithful / fixed switches (docs/method.md §6, 7; the fixed behaviour is the default):
 
 - ``pose_negatives``: ``fixed`` = each image's negatives are its own K flipped views (the paper's
   intent); ``faithful`` = the authors' collate-then-chunk indexing (2.6), see
@@ -23,8 +23,30 @@ Faithful / fixed switches (method doc 6, 7; the fixed behaviour is the default):
   first use every parameter gets an Adam update (zero gradient + coupled weight decay + momentum) in
   every step, also in steps that do not use it (2.7, bug 19); ``fixed`` = ``set_to_none=True``, so
   Adam skips the modules a step does not use.
+- ``pose_fc_batches``: ``faithful`` = the authors' pose forward: positives (2P views) and negatives
+  (PK views) go through encoder and pose_fc in two separate calls, so pose_fc's BatchNorm1d
+  normalises each group with its own batch statistics and updates its running statistics twice per
+  step, positives first (DreamMr/PCL Models/networks.py ``ExpPoseModel.forward``, state 'pose';
+  Models/exppose.py ``forward``; docs/method.md §1.4, 2.6, 6.4);
+  ``fixed`` = one call over all P (2 + K) views, one BatchNorm batch (the config comment argues why).
+- ``pose_mixup_lambdas``: ``faithful`` = one Beta lambda per image and negative slot, shared by the
+  image's two views (Models/exppose.py ``neg_inter_info_nce_loss_pose``; docs/method.md §2.6);
+  ``fixed`` = one per anchor (view) and slot, as the face loss draws them (2.5).
+- ``decoder_order``: ``faithful`` = the pfe step calls the decoder for rec2, rec1, rec3, rec4, the
+  authors' order (Models/networks.py ``ExpPoseModel.forward``); ``fixed`` = rec1..rec4. Losses and
+  gradients are the same; only the decoder's BatchNorm running statistics differ
+  (:mod:`pclbench.losses.reconstruction`).
 
-Ablations (the paper's ablation table, method doc 5.1; ``pcl.ablation``, every flag true = full PCL;
+Step-by-step entry points (for comparisons with any reference implementation): :meth:`PCL.pfe_step_views`,
+:meth:`PCL.face_step_views` and :meth:`PCL.pose_step_views` run one step on precomputed inputs (noisy
+images, views) and random draws (mixup lambdas and permutation), with or without the optimiser step.
+:meth:`PCL.pfe_step` / :meth:`PCL.face_step` / :meth:`PCL.pose_step` (what ``train_iteration`` calls)
+draw their random numbers and then run the same code: the pfe step calls :meth:`PCL.pfe_step_views`
+itself; the face and pose steps share everything with the ``*_views`` methods except that their views
+are computed inside the step's (compiled) loss function from the drawn parameters, so a compiled
+step stays one graph with its augmentations.
+
+Ablations (the paper's ablation table, docs/method.md §5.1; ``pcl.ablation``, every flag true = full PCL;
 one named variant each in ``config/config.yaml`` ``variants``, e.g. ``pcl_wo_pdd``):
 
 - ``pdd: false`` ("w/o PDD"): no pfe step at all, so no decoder, no reconstruction AND no L_orth
@@ -49,7 +71,7 @@ from torch import Tensor, nn
 from ..config import ConfigError, from_dict
 from ..distributed import all_gather_with_grad, world_size
 from ..losses import DifferenceLoss, DynamicWeightAverage, FaceContrastiveLoss, PoseContrastiveLoss
-from ..losses import FLIP_SWAP_TERMS, flip_swap_reconstruction
+from ..losses import AUTHORS_DECODER_ORDER, FLIP_SWAP_TERMS, flip_swap_reconstruction
 from ..models import ModelConfig, build_decoder, build_encoder_from_config, build_projection
 from ..models.heads import Decoder
 from ..views import (ViewConfig, add_noise, apply_face_views, apply_pose_views, check_images, draw_face_views,
@@ -77,7 +99,7 @@ class AblationConfig:
     pose_step: bool  # the pose contrastive step (2.6)
 
 
-# Footnote names of the switched-off parts, in the paper's order (method doc 5.1).
+# Footnote names of the switched-off parts, in the paper's order (docs/method.md §5.1).
 _ABLATION_NAMES = (("pdd", "w/o PDD"), ("orth", "w/o L_orth"), ("flip_swap", "w/o flip-swap"),
                    ("pose_step", "w/o pose CL"))
 
@@ -107,6 +129,9 @@ class PCLConfig:
     n_negatives: int  # flipped views per pose image [100, hard-coded] (2.6)
     pose_negatives: Literal["fixed", "faithful"]  # own flips (fixed) or the authors' chunking
     optimizer: Literal["fixed", "faithful"]  # zero_grad(set_to_none=True) (fixed) or =False
+    pose_fc_batches: Literal["fixed", "faithful"]  # one BatchNorm batch over all pose views (fixed) or two
+    pose_mixup_lambdas: Literal["fixed", "faithful"]  # a Beta lambda per anchor (fixed) or per image
+    decoder_order: Literal["fixed", "faithful"]  # rec1..rec4 (fixed) or the authors' rec2, rec1, rec3, rec4
     dwa: DWAConfig
     ablation: AblationConfig
 
@@ -128,7 +153,7 @@ class PCLConfig:
 
 
 def pose_negative_sets(neg: Tensor, mode: str) -> Tensor:
-    """Each pose image's negative set, ``neg (P, K, ...) -> (P, K, ...)`` (method doc 2.6).
+    """Each pose image's negative set, ``neg (P, K, ...) -> (P, K, ...)`` (docs/method.md §2.6).
 
     ``neg[s, k]`` is the k-th flipped view of image s. ``fixed``: image s gets its own K views.
     ``faithful``: the authors collate K tensors of shape (P, ...), concatenate them (row ``k*P + s``)
@@ -145,7 +170,7 @@ def pose_negative_sets(neg: Tensor, mode: str) -> Tensor:
 
 
 class PCL(Method):
-    """encoder (trunk + face head + pose head), exp_fc, pose_fc and the PDD decoder (method doc 1)."""
+    """encoder (trunk + face head + pose head), exp_fc, pose_fc and the PDD decoder (docs/method.md §1)."""
 
     name = "pcl"
     trainable = True
@@ -159,7 +184,7 @@ class PCL(Method):
         super().__init__()
         if img_size != Decoder.out_size:
             raise ConfigError(f"pretrain.img_size: PCL reconstructs {Decoder.out_size} px images (the "
-                              f"decoder's output size, method doc 1.5), got {img_size}")
+                              f"decoder's output size, docs/method.md §1.5), got {img_size}")
         self.encoder = encoder
         self.exp_fc = exp_fc
         self.pose_fc = pose_fc
@@ -169,7 +194,8 @@ class PCL(Method):
         self.img_size = img_size
         self.diff_loss = DifferenceLoss()
         self.face_loss = FaceContrastiveLoss(cfg.temperature, cfg.neg_alpha)
-        self.pose_loss = PoseContrastiveLoss(cfg.temperature, cfg.neg_alpha)
+        self.pose_loss = PoseContrastiveLoss(cfg.temperature, cfg.neg_alpha,
+                                             share_views=cfg.pose_mixup_lambdas == "faithful")
         self.dwa = DynamicWeightAverage(self._DWA_TASKS, cfg.dwa.temperature, cfg.dwa.start)
 
     # --- trainer interface ------------------------------------------------------------------------
@@ -221,15 +247,32 @@ class PCL(Method):
 
     def pfe_step(self, x: Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                  generator: torch.Generator) -> dict[str, Tensor]:
-        """PDD step (2.1-2.4) on ``x (B, 3, S, S)`` in [0, 1]."""
+        """PDD step (2.1-2.4) on ``x (B, 3, S, S)`` in [0, 1]: draws the noise, then :meth:`pfe_step_views`."""
         x = resize(x, self.img_size)  # (B, 3, 64, 64): clean target s
         x_flip = x.flip(-1)  # (B, 3, 64, 64): clean target s^
-        # Independent noise on s and s^; the encoder has no normalisation layer, so one pass over
-        # the 2B stacked images equals two passes.
+        # Independent noise on s and s^ (2.1).
         noisy = add_noise(torch.cat([x, x_flip], dim=0), self.cfg.noise_std, generator)  # (2B, 3, 64, 64)
+        return self.pfe_step_views(noisy, x, x_flip, optimizer, scaler)[1]
+
+    def pfe_step_views(self, noisy: Tensor, x: Tensor, x_flip: Tensor,
+                       optimizer: torch.optim.Optimizer | None = None,
+                       scaler: torch.amp.GradScaler | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The pfe step on precomputed inputs: ``noisy (2B, 3, 64, 64)`` = [s + n; s^ + n'] (the
+        encoder inputs, 2.1) and the clean targets ``x, x_flip (B, 3, 64, 64)`` (s, s^).
+
+        Returns ``(L_pfe, logs)``. With ``optimizer``: one optimiser step exactly as in training
+        (``pcl.optimizer`` zero_grad mode, ``scaler``; None = no loss scaling) and L_pfe detached.
+        Without: no backward and no step; L_pfe keeps its graph (the caller may backward it).
+        The BatchNorm running statistics are updated either way (training-mode forward).
+        """
+        b = x.shape[0]
+        if x.dim() != 4 or x.shape != x_flip.shape or tuple(noisy.shape) != (2 * b, *x.shape[1:]) \
+                or x.shape[-1] != self.img_size:
+            raise ValueError(f"pfe_step_views: expected noisy (2B, 3, {self.img_size}, {self.img_size}) and x, "
+                             f"x_flip (B, 3, {self.img_size}, {self.img_size}); got {tuple(noisy.shape)}, "
+                             f"{tuple(x.shape)}, {tuple(x_flip.shape)}")
         loss, logs = self._pfe_loss(noisy, x, x_flip)
-        self._step(loss, optimizer, scaler)
-        return self._keep(logs)
+        return self._finish(loss, logs, optimizer, scaler)
 
     def _pfe_loss(self, noisy: Tensor, x: Tensor, x_flip: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """L_pfe of the noisy pair ``noisy (2B, 3, 64, 64)`` = [s + n; s^ + n'] and the clean targets.
@@ -238,6 +281,9 @@ class PCL(Method):
         whole forward and backward of the step into one graph."""
         b = x.shape[0]
         with self._autocast(x):
+            # One encoder pass over the 2B stacked images; the authors make two (s, then s^). The
+            # FaceCycle encoder has no normalisation layer (docs/method.md §1.1), so the two are equal
+            # (an encoder with BatchNorm, e.g. the ResNets, sees one batch of 2B here).
             _, face, pose = self.encoder.forward_maps(noisy)  # (2B, C, h, w) each
             face, pose = face.flatten(1), pose.flatten(1)  # (2B, D)
             e_n, e_f = face[:b], face[b:]
@@ -246,8 +292,14 @@ class PCL(Method):
             # as the authors' DataParallel computed it; identity with one process.
             g = all_gather_with_grad
             orth = self.diff_loss(g(e_n), g(p_n)) + self.diff_loss(g(e_f), g(p_f))
-            # ablation "w/o flip-swap": each image from its own codes only (rec3, rec4)
-            terms = tuple(FLIP_SWAP_TERMS) if self.cfg.ablation.flip_swap else ("rec3", "rec4")
+            # ablation "w/o flip-swap": each image from its own codes only (rec3, rec4). The tuple is
+            # also the decoder call order (pcl.decoder_order).
+            if not self.cfg.ablation.flip_swap:
+                terms = ("rec3", "rec4")
+            elif self.cfg.decoder_order == "faithful":
+                terms = AUTHORS_DECODER_ORDER
+            else:
+                terms = tuple(FLIP_SWAP_TERMS)
             rec = flip_swap_reconstruction(self.decoder, e_n, p_n, e_f, p_f, x, x_flip, terms=terms)
             loss = self.cfg.recon_weight * rec["total"]
             if self.cfg.ablation.orth:
@@ -263,18 +315,39 @@ class PCL(Method):
         # photometric parameters; mixup for the GLOBAL batch of negatives under DDP).
         view_draws = draw_face_views(x.shape, self.views, generator, x.device)
         draws = self.face_loss.draw(x.shape[0] * world_size(), generator, x.device)
-        ce = self._face_loss(x, view_draws, draws)
-        self._step(weight * ce, optimizer, scaler)
-        return self._keep({"loss_face": ce.detach()})
+        return self._face_update(x, view_draws, draws, weight, optimizer, scaler)[1]
 
-    def _face_loss(self, x: Tensor, view_draws: Mapping[str, Any], draws: tuple[Tensor, Tensor] | None) -> Tensor:
-        """Unweighted L_face of ``x (B, 3, H, W)``: its two views (3.2) -> trunk -> face head ->
-        exp_fc -> InfoNCE. No random draws inside (they are arguments)."""
-        v1, v2 = apply_face_views(x, view_draws, self.views, self.img_size)  # (B, 3, 64, 64) each
+    def face_step_views(self, v1: Tensor, v2: Tensor, weight: float, draws: tuple[Tensor, Tensor] | None,
+                        optimizer: torch.optim.Optimizer | None = None,
+                        scaler: torch.amp.GradScaler | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The face step on precomputed views ``v1, v2 (B, 3, 64, 64)`` (the two DistanceCrop views of
+        each image, 3.2) and mixup ``draws`` = ``(lam (2B, 2B - 2), perm (2B - 2,))`` over the GLOBAL
+        batch (``self.face_loss.draw(B * world_size, ...)``; None only when mixup is off).
+
+        Returns ``(weight * L_face, logs)``; ``optimizer`` / ``scaler`` as in :meth:`pfe_step_views`.
+        """
+        self._check_views("face_step_views", v1, v2.shape == v1.shape and v1.dim() == 4)
+        self._check_draws("face_step_views", draws)
+        return self._face_update((v1, v2), None, draws, weight, optimizer, scaler)
+
+    def _face_update(self, src, view_draws, draws, weight, optimizer, scaler) -> tuple[Tensor, dict[str, Tensor]]:
+        ce = self._face_loss(src, view_draws, draws)
+        return self._finish(weight * ce, {"loss_face": ce.detach()}, optimizer, scaler)
+
+    def _face_loss(self, src: Tensor | tuple[Tensor, Tensor], view_draws: Mapping[str, Any] | None,
+                   draws: tuple[Tensor, Tensor] | None) -> Tensor:
+        """Unweighted L_face: the two views (3.2) -> trunk -> face head -> exp_fc -> InfoNCE. ``src``
+        is the images ``(B, 3, H, W)`` and ``view_draws`` their view parameters, or ``src`` is the pair
+        of views and ``view_draws`` None. No random draws inside (they are arguments)."""
+        if view_draws is None:
+            v1, v2 = src  # (B, 3, 64, 64) each
+        else:
+            v1, v2 = apply_face_views(src, view_draws, self.views, self.img_size)  # (B, 3, 64, 64) each
         b = v1.shape[0]
         with self._autocast(v1):
             trunk = self.encoder.forward_trunk(torch.cat([v1, v2], dim=0))  # (2B, C, h, w)
-            z = self.exp_fc(self.encoder.forward_face(trunk).flatten(1))  # (2B, out_dim), one BN batch
+            # one exp_fc call, one BatchNorm batch over both views: as the authors (Models/networks.py)
+            z = self.exp_fc(self.encoder.forward_face(trunk).flatten(1))  # (2B, out_dim)
             # In-batch negatives over the GLOBAL batch under DDP (identity with one process); the
             # gather scales gradients by the world size to cancel the trainer's averaging.
             z1, z2 = all_gather_with_grad(z[:b]), all_gather_with_grad(z[b:])  # (W B, out_dim) each
@@ -287,28 +360,83 @@ class PCL(Method):
         p, k = x.shape[0], self.cfg.n_negatives
         view_draws = draw_pose_views(p, k, self.views, generator, x.device)
         draws = self.pose_loss.draw(p, k, generator, x.device)
-        ce = self._pose_loss(x, view_draws, draws)
-        self._step(weight * ce, optimizer, scaler)
-        return self._keep({"loss_pose": ce.detach()})
+        return self._pose_update(x, view_draws, draws, weight, optimizer, scaler)[1]
+
+    def pose_step_views(self, pos: Tensor, neg: Tensor, weight: float, draws: tuple[Tensor, Tensor] | None,
+                        optimizer: torch.optim.Optimizer | None = None,
+                        scaler: torch.amp.GradScaler | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The pose step on precomputed views: ``pos (P, 2, 3, 64, 64)`` (two views of each image),
+        ``neg (P, K, 3, 64, 64)`` (``neg[s, k]`` = the k-th view of image s's flip; ``pcl.pose_negatives``
+        then decides which of them each image's loss sees) and mixup ``draws`` = ``(lam, perm (K,))``
+        with ``lam (2P, K)`` (``pose_mixup_lambdas: fixed``) or ``(P, K)`` (``faithful``), as
+        ``self.pose_loss.draw(P, K, ...)`` makes them; None only when mixup is off.
+
+        Returns ``(weight * L_pose, logs)``; ``optimizer`` / ``scaler`` as in :meth:`pfe_step_views`.
+        """
+        ok = pos.dim() == 5 and pos.shape[1] == 2 and neg.dim() == 5 and neg.shape[0] == pos.shape[0] \
+            and neg.shape[2:] == pos.shape[2:]
+        self._check_views("pose_step_views", pos, ok)
+        self._check_draws("pose_step_views", draws)
+        return self._pose_update((pos, neg), None, draws, weight, optimizer, scaler)
+
+    def _pose_update(self, src, view_draws, draws, weight, optimizer, scaler) -> tuple[Tensor, dict[str, Tensor]]:
+        ce = self._pose_loss(src, view_draws, draws)
+        return self._finish(weight * ce, {"loss_pose": ce.detach()}, optimizer, scaler)
+
+    def _pose_loss(self, src: Tensor | tuple[Tensor, Tensor], view_draws: Mapping[str, Tensor] | None,
+                   draws: tuple[Tensor, Tensor] | None) -> Tensor:
+        """Unweighted L_pose: P x (2 positives + K flipped negatives) views (3.3) -> trunk -> pose
+        head -> pose_fc -> InfoNCE. ``src`` is the images ``(P, 3, H, W)`` and ``view_draws`` their
+        view parameters, or ``src`` is ``(pos, neg)`` and ``view_draws`` None. No random draws inside."""
+        if view_draws is None:
+            pos, neg = src  # (P, 2, 3, S, S), (P, K, 3, S, S)
+        else:
+            pos, neg = apply_pose_views(src, self.cfg.n_negatives, view_draws, self.views, self.img_size)
+        p, k = neg.shape[:2]
+        with self._autocast(pos):
+            if self.cfg.pose_fc_batches == "faithful":
+                # The authors' two forward passes, positives then negatives: two BatchNorm batches
+                # in pose_fc and two running-statistics updates (module docstring).
+                z_pos = self._pose_embed(pos.flatten(0, 1))  # (2P, out_dim)
+                z_neg = self._pose_embed(neg.flatten(0, 1))  # (P K, out_dim)
+            else:
+                z = self._pose_embed(torch.cat([pos.flatten(0, 1), neg.flatten(0, 1)], dim=0))  # (P (2 + K), out_dim)
+                z_pos, z_neg = z[: 2 * p], z[2 * p:]
+            z_pos = z_pos.reshape(p, 2, -1)  # (P, 2, out_dim)
+            z_neg = pose_negative_sets(z_neg.reshape(p, k, -1), self.cfg.pose_negatives)  # (P, K, out_dim)
+            return self.pose_loss(z_pos, z_neg, draws=draws)
+
+    def _pose_embed(self, imgs: Tensor) -> Tensor:
+        """``imgs (N, 3, S, S)`` -> trunk -> pose head -> pose_fc: ``(N, out_dim)``, one BatchNorm batch."""
+        return self.pose_fc(self.encoder.forward_pose(self.encoder.forward_trunk(imgs)).flatten(1))
 
     def _keep(self, logs: dict[str, Tensor]) -> dict[str, Tensor]:
         # Outputs of a CUDA-graph replay (compile mode reduce-overhead) are overwritten by the next
         # replay; the trainer keeps the logged values longer, so they are copied (scalars: free).
         return {k: v.clone() for k, v in logs.items()} if self._compiled else logs
 
-    def _pose_loss(self, x: Tensor, view_draws: Mapping[str, Tensor], draws: tuple[Tensor, Tensor] | None) -> Tensor:
-        """Unweighted L_pose of ``x (P, 3, H, W)``: P x (2 positives + K flipped negatives) views (3.3)
-        -> trunk -> pose head -> pose_fc -> InfoNCE. No random draws inside."""
-        k = self.cfg.n_negatives
-        pos, neg = apply_pose_views(x, k, view_draws, self.views, self.img_size)  # (P, 2, 3, S, S), (P, K, ...)
-        p = pos.shape[0]
-        imgs = torch.cat([pos.flatten(0, 1), neg.flatten(0, 1)], dim=0)  # (P (2 + K), 3, S, S)
-        with self._autocast(imgs):
-            trunk = self.encoder.forward_trunk(imgs)
-            z = self.pose_fc(self.encoder.forward_pose(trunk).flatten(1))  # (P (2 + K), out_dim)
-            z_pos = z[: 2 * p].reshape(p, 2, -1)  # (P, 2, out_dim)
-            z_neg = pose_negative_sets(z[2 * p:].reshape(p, k, -1), self.cfg.pose_negatives)  # (P, K, out_dim)
-            return self.pose_loss(z_pos, z_neg, draws=draws)
+    def _finish(self, loss: Tensor, logs: dict[str, Tensor], optimizer: torch.optim.Optimizer | None,
+                scaler: torch.amp.GradScaler | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The end of every step: the optimiser step on ``loss`` (when ``optimizer`` is given)."""
+        if optimizer is not None:
+            if scaler is None:
+                scaler = torch.amp.GradScaler(loss.device.type, enabled=False)
+            self._step(loss, optimizer, scaler)
+            loss = loss.detach()
+            if self._compiled:
+                loss = loss.clone()
+        return loss, self._keep(logs)
+
+    def _check_views(self, who: str, v: Tensor, ok: bool) -> None:
+        s = self.img_size
+        if not ok or tuple(v.shape[-3:]) != (3, s, s):
+            raise ValueError(f"{who}: views must be float images of {s} x {s} px in the documented shapes; "
+                             f"got {tuple(v.shape)}")
+
+    def _check_draws(self, who: str, draws) -> None:
+        if draws is None and self.cfg.neg_alpha > 0:
+            raise ValueError(f"{who}: mixup is on (pcl.neg_alpha > 0): pass its draws (lam, perm), e.g. "
+                             "from self.face_loss.draw / self.pose_loss.draw")
 
     def compile_modules(self, mode: str | None = "default", **compile_kwargs) -> list[str]:
         """Compile each step's forward pass AND loss as one graph (``torch.compile(mode=mode)``).
@@ -325,7 +453,7 @@ class PCL(Method):
 
     @torch.no_grad()
     def swap_grid(self, x: Tensor) -> Tensor:
-        """Flip-swap reconstructions of ``x (R, 3, H, W)`` in [0, 1] for a figure (method doc 2.2).
+        """Flip-swap reconstructions of ``x (R, 3, H, W)`` in [0, 1] for a figure (docs/method.md §2.2).
 
         Returns ``(R, 6, 3, 64, 64)`` in [0, 1]: the image s, its flip s^, and the clean-input
         decodings D(e_f + p_n), D(e_n + p_f), D(e_n + p_n), D(e_f + p_f) (targets s, s^, s, s^).

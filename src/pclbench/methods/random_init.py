@@ -1,6 +1,6 @@
 """``random``: the encoder at its initialisation, never trained (the tables' random-init row).
 
-Built from the same seed and in the same order as PCL (encoder first, method doc 1.6 init), so it is
+Built from the same seed and in the same order as PCL (encoder first, docs/method.md §1.6 init), so it is
 exactly the encoder PCL starts from. The trainer writes its checkpoint without any step.
 """
 from __future__ import annotations

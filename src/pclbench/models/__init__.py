@@ -1,6 +1,6 @@
 """Networks: encoders (registry ``ENCODERS``), projection MLPs and the reconstruction decoder.
 
-Config section ``model`` (:class:`ModelConfig`); method doc section 1.
+Config section ``model`` (:class:`ModelConfig`); docs/method.md §1.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """PCL's encoder: the FaceCycle-style trunk with a face-aware head and a pose-related head.
 
-Method doc section 1.1 (layer table), 1.2 (channel-wise self-attention), 1.3 (residual block),
+docs/method.md §1.1 (layer table), 1.2 (channel-wise self-attention), 1.3 (residual block),
 1.6 (initialisation) and 1.7 (parameter counts). The paper calls the two head outputs F_f
 (face-aware, code name "exp") and F_p (pose-related, code name "pose").
 
@@ -32,7 +32,7 @@ def _lrelu() -> nn.LeakyReLU:
 
 
 class SelfAttention(nn.Module):
-    """Channel-wise self-attention of FaceCycle (method doc 1.2).
+    """Channel-wise self-attention of FaceCycle (docs/method.md §1.2).
 
     With N = H*W, theta, phi, g = three 1x1 convs C -> C:
     ``A = phi (B,C,N) @ softmax_N(theta)^T (B,N,C)`` is a C x C affinity; the attention is
@@ -58,7 +58,7 @@ class SelfAttention(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """BasicBlockNormal: conv3x3 -> LReLU -> conv3x3, + identity, LReLU; no BN (method doc 1.3)."""
+    """BasicBlockNormal: conv3x3 -> LReLU -> conv3x3, + identity, LReLU; no BN (docs/method.md §1.3)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -83,7 +83,7 @@ def _down_size(size: int, n: int) -> int:
 
 
 class TrunkHeadsEncoder(nn.Module):
-    """The encoder interface PCL needs (method doc 1.1): a shared trunk, then a face-aware and a
+    """The encoder interface PCL needs (docs/method.md §1.1): a shared trunk, then a face-aware and a
     pose-related head on the trunk's map. Subclasses define ``forward_trunk``, ``face_head`` and
     ``pose_head``; the forward variants below are shared (timm-style ``forward_features``)."""
 
@@ -124,7 +124,7 @@ class TrunkHeadsEncoder(nn.Module):
 
 @ENCODERS.register("facecycle")
 class FaceCycleEncoder(TrunkHeadsEncoder):
-    """FaceCycleBackbone: shared trunk + face-aware head + pose-related head (method doc 1.1).
+    """FaceCycleBackbone: shared trunk + face-aware head + pose-related head (docs/method.md §1.1).
 
     Input ``x (B, 3, S, S)`` float in [0, 1], no mean/std normalisation (section 3). The trunk ends
     with layer3_1 at S/16 resolution (4 stride-2 stages); the heads keep that resolution.
@@ -201,7 +201,7 @@ RESNET_WIDTH = 64  # torchvision's fixed base width (conv1 channels); model.widt
 def _stride_one(block: nn.Module) -> nn.Module:
     """Set every stride-2 conv of a torchvision ``layer4`` to stride 1 (downsample 1x1 included).
 
-    The paper's heads keep the trunk's resolution (method doc 1.1: layer3_2_exp/pose are stride 1),
+    The paper's heads keep the trunk's resolution (docs/method.md §1.1: layer3_2_exp/pose are stride 1),
     so the ResNet heads do too. 3x3 convs have padding 1 and 1x1 convs padding 0, so a stride-1
     conv keeps the spatial size exactly; the parameter shapes do not change.
     """
@@ -215,7 +215,7 @@ class ResNetEncoder(TrunkHeadsEncoder):
     """A torchvision ResNet split like PCL's encoder: shared trunk + face head + pose head.
 
     - trunk = conv1, bn1, relu, maxpool, layer1, layer2, layer3 (stride 16: 64 px -> 4 x 4, like the
-      FaceCycle trunk's 4 stride-2 stages, method doc 1.1);
+      FaceCycle trunk's 4 stride-2 stages, docs/method.md §1.1);
     - face head and pose head = two independently initialised copies of the ResNet's ``layer4``
       with its stride-2 convs set to stride 1 (:func:`_stride_one`), so both heads keep the trunk's
       S/16 resolution like layer3_2_exp / layer3_2_pose. The classifier (avgpool, fc) is dropped:

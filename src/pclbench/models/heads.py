@@ -1,6 +1,6 @@
 """PCL's projection MLPs (exp_fc / pose_fc) and reconstruction decoder (Generator).
 
-Method doc 1.4 (projection), 1.5 (decoder), 1.6 (these modules keep PyTorch's default init).
+docs/method.md §1.4 (projection), 1.5 (decoder), 1.6 (these modules keep PyTorch's default init).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def upsample2x_bilinear(x: Tensor) -> Tensor:
 
     Same numbers (to float rounding), different speed: CUDA's ``upsample_bilinear2d`` backward
     scatters with atomic adds, which are slow in bf16 and dominated the PDD step (four decoder calls
-    x six up-stages, method doc 1.5); here the backward is slicing and adds only. A channels_last
+    x six up-stages, docs/method.md §1.5); here the backward is slicing and adds only. A channels_last
     input is processed in its physical (B, H, W, C) order and returned channels_last.
     """
     if x.dim() != 4:
@@ -66,7 +66,7 @@ class ProjectionMLP(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The reconstruction Generator of the PDD step (method doc 1.5).
+    """The reconstruction Generator of the PDD step (docs/method.md §1.5).
 
     Input: ``code (B, code_dim)``, the SUM of a face-head vector and a pose-head vector (the caller
     sums, this module L2-normalises, so ``Decoder(e + p)`` is the paper's D(N(e + p))).

@@ -1,4 +1,4 @@
-"""Linear evaluation of frozen facial representations on four tasks (method doc section 4).
+"""Linear evaluation of frozen facial representations on four tasks (docs/method.md §4).
 
 ``TASKS`` maps a task name to its module (expression, verification, au, pose); each module has
 ``run(bench, roots, config, probe, seed, readout) -> run dict`` and may have ``training_free(config)``
@@ -6,7 +6,7 @@ and ``describe(probe, config)``. :func:`run_benchmark` (:mod:`pclbench.probes.be
 stage-5 entry point of docs/architecture.md: one (method, benchmark) job running every readout x seed
 on the cached features of stage 4 and the aligned manifests of stage 2. Under the default ``clean``
 protocol every hyperparameter is selected on validation data carved from the training data (never on
-test, the fix of method doc 6.1 item 1); ``paper`` reproduces the authors' best-test-epoch selection.
+test, the fix of docs/method.md §6.1 item 1); ``paper`` reproduces the authors' best-test-epoch selection.
 """
 from __future__ import annotations
 

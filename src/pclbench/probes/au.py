@@ -1,6 +1,6 @@
 """Action-unit detection: multi-label linear probe with subject-exclusive cross-validation.
 
-The authors' AU probe (method doc A.1; 4.4 for the usual protocol) is BatchNorm1d + Linear + sigmoid
+The authors' AU probe (docs/method.md §A.1; 4.4 for the usual protocol) is BatchNorm1d + Linear + sigmoid
 trained with BCE on pre-binarised labels, thresholded at a hard-coded 0.0005 and scored by the best
 test mean F1 over all epochs, one fold per run. Here:
 

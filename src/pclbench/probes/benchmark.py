@@ -1,7 +1,7 @@
 """One probe job = one (method, benchmark): every readout x every seed, one result file.
 
 A *benchmark* (config ``benchmarks.<name>``, COMMON contract) names a task and the (dataset, split)
-it trains and tests on -- head pose trains on 300W-LP and tests on AFLW2000 (method doc 4.2), so the
+it trains and tests on -- head pose trains on 300W-LP and tests on AFLW2000 (docs/method.md §4.2), so the
 two may be different datasets -- plus its labels (expression class names in label order, whose count
 is the number of classes; AU manifest columns). ``tasks.<task>`` holds only the protocol (grids,
 thresholds, modes). :func:`run_benchmark` runs the task's probe for each readout of ``probe.readouts``
@@ -16,6 +16,7 @@ reads ``<raw_root>/<dataset>/<pairs_file>``.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -143,6 +144,11 @@ def run_benchmark(name: str, entry: dict, features_root: Path, aligned_root: Pat
             raise ConfigError("the probe needs the master `seed` (config key seed) or explicit seeds")
         seeds = [int(config["seed"]) + k for k in range(probe.n_seeds)]
     seeds = [int(s) for s in seeds]
+    # tasks.<task>.train.standardize (null = keep probe.standardize) decides the features of this task;
+    # applied here so the task's probe and its protocol description agree
+    task_std = (config["tasks"][bench.task] or {}).get("train", {}).get("standardize")
+    if task_std is not None:
+        probe = dataclasses.replace(probe, standardize=bool(task_std))
     task = TASKS.get(bench.task)
     roots = Roots(Path(features_root), Path(aligned_root), Path(raw_root))
     # training-free protocols (cosine verification) give the same answer for every seed

@@ -1,4 +1,4 @@
-"""Facial expression recognition: a K-way linear classifier on frozen features (method doc 4.1).
+"""Facial expression recognition: a K-way linear classifier on frozen features (docs/method.md §4.1).
 
 The authors train Linear(6272, 7) with Adam / cross-entropy on the trunk feature and report the best
 test accuracy over 300 epochs (6.1 item 1). Here the same linear model and loss are trained on cached

@@ -1,6 +1,6 @@
 """Generic linear probe on cached (frozen) features, with validation-only model selection.
 
-Method doc section 4 describes the authors' probes: a Linear layer trained on frozen trunk features
+docs/method.md §4 describes the authors' probes: a Linear layer trained on frozen trunk features
 re-computed every epoch (FER, 4.1), BatchNorm1d + Linear with L1 loss (pose, 4.2), BatchNorm1d + Linear +
 sigmoid with BCE (AU, A.1). Section 6.1 item 1 lists their flaw: the reported number is the best TEST
 epoch. Here (the clean protocol, section 7 "fixed" mode):
@@ -29,8 +29,15 @@ epoch. Here (the clean protocol, section 7 "fixed" mode):
   mini-batch with a cosine or constant schedule; needed for L1, which is not smooth. Full-batch Adam
   behaves like sign descent: it grows the weights of pure-noise dimensions as fast as informative
   ones, so it relies on the epoch selection more than L-BFGS does.
-* The linear layer starts at zero, so the seed only draws the validation split and the mini-batch
-  order (full-batch L-BFGS is deterministic). The bias is not weight-decayed.
+* By default the linear layer starts at zero, so the seed only draws the validation split and the
+  mini-batch order (full-batch L-BFGS is deterministic), and the bias is not weight-decayed.
+  ``tasks.<task>.train`` can instead reproduce the authors' loops (docs/method.md §4.1, 4.2, A.1):
+  ``init`` (N(0, 0.01) weights for FER, nn.Linear's default for the pose / AU heads), ``shuffle``
+  (false = their unshuffled FER / AU loaders), ``decay_bias`` (their pose AdamW decays every
+  parameter), ``lr_step: epoch`` (their CosineAnnealingLR stepped once per epoch), ``eval_every: 1``
+  (they score the test set after every epoch) and ``standardize`` per task (config/paper.yaml sets
+  them). Their BatchNorm1d is represented by the standardisation: the same function at evaluation
+  time, but not the same training dynamics (batch statistics, decayed affine parameters).
 * Hyperparameters -- learning rate, weight decay (grids) and the epoch (every ``eval_every`` epochs
   and the last) -- are selected on a validation split carved from the TRAINING data
   (:mod:`pclbench.probes.splits`, subject-disjoint when subjects exist). The test set is never
@@ -56,7 +63,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -76,7 +83,7 @@ READOUTS = ("trunk", "face", "pose", "concat")
 
 @dataclass
 class ProbeConfig:
-    """Section ``probe``: settings shared by every task (method doc 4, 6.1 item 1)."""
+    """Section ``probe``: settings shared by every task (docs/method.md §4, 6.1 item 1)."""
 
     readouts: list[str]  # subset of READOUTS; every one is probed in the same job
     n_seeds: int  # seeds = master seed + k, k = 0..n_seeds-1
@@ -108,7 +115,7 @@ class ProbeConfig:
         """One line for result files and table footnotes (``protocol_description``)."""
         feats = f"features {'standardised' if self.standardize else 'raw'}"
         if self.protocol == "paper":
-            return ("paper protocol (the authors' selection, method doc 4.1 / 6.1 item 1): trained on all "
+            return ("paper protocol (the authors' selection, docs/method.md §4.1 / 6.1 item 1): trained on all "
                     "training data, the test set scored at every evaluation epoch of every (lr, weight decay), "
                     f"the BEST TEST score reported (optimistic); {feats}")
         refit = ("refit on train+validation at the selected setting" if self.refit == "train_val"
@@ -118,9 +125,21 @@ class ProbeConfig:
                 f"once; {feats}")
 
 
+INITS = ("zeros", "normal", "torch_default")
+
+
 @dataclass
 class TrainConfig:
-    """Section ``tasks.<task>.train``: optimisation of one linear probe and its selection grid."""
+    """Section ``tasks.<task>.train``: optimisation of one linear probe and its selection grid.
+
+    Five keys reproduce the authors' probe loops (docs/method.md §4.1, 4.2, A.1; their main.py
+    ``linear_eval`` for FER, main_pose.py ``linear_eval`` for pose): ``lr_step`` (their
+    CosineAnnealingLR is stepped once per epoch), ``init`` (FER: weight N(0, 0.01), bias 0; the
+    BatchNorm1d + Linear heads of pose and AU keep nn.Linear's default init), ``shuffle`` (FER and AU
+    loaders: shuffle=False, i.e. the data-list order every epoch; pose: shuffle=True), ``decay_bias``
+    (pose: AdamW over all parameters, so the bias is decayed too) and ``standardize`` (FER: raw
+    features; pose and AU: BatchNorm1d, whose evaluation-time map is a standardisation).
+    """
 
     optimizer: Literal["lbfgs", "adam", "adamw"]
     lr_grid: list[float]
@@ -128,7 +147,12 @@ class TrainConfig:
     epochs: int
     batch_size: int  # 0 = full batch
     lr_schedule: Literal["cosine", "constant"]
+    lr_step: Literal["step", "epoch"]  # cosine updated every optimiser step, or once per epoch (torch scheduler)
     eval_every: int
+    init: Literal["zeros", "normal", "torch_default"]  # start of the Linear layer (INITS)
+    shuffle: bool  # a new random sample order every epoch; false = the data order every epoch
+    decay_bias: bool  # weight decay on the bias too (the authors' AdamW over all parameters)
+    standardize: Optional[bool]  # null = probe.standardize; true / false overrides it for this task
 
     def check(self, where: str) -> "TrainConfig":
         """Range checks the schema also states; raises ConfigError naming ``where``."""
@@ -201,13 +225,17 @@ def _predict(model: torch.nn.Module, x: torch.Tensor, batch: int) -> torch.Tenso
 
 def optimise_linear(model: torch.nn.Linear, batch_loss: Callable[[Any], torch.Tensor], n: int, *, lr: float,
                     weight_decay: float, cfg: TrainConfig, seed: int, stop_epoch: int | None,
-                    evaluate: Callable[[int], Any]) -> list:
+                    evaluate: Callable[[int], Any], generator: torch.Generator | None = None) -> list:
     """The probes' optimisation of one Linear layer: ``batch_loss(idx)`` is the loss of the samples
     ``idx`` (``slice(None)`` = all ``n``); returns ``evaluate(epoch)`` at every ``cfg.eval_every``-th
-    epoch and the last one. The bias is never decayed.
+    epoch and the last one. The bias is decayed only with ``cfg.decay_bias``.
 
     The learning-rate schedule always spans ``cfg.epochs`` epochs; ``stop_epoch`` ends training
-    early (refit at a selected epoch sees the same schedule as the selection run).
+    early (refit at a selected epoch sees the same schedule as the selection run). Mini-batches:
+    ``cfg.shuffle`` draws a new order every epoch from ``generator`` (default: a CPU generator
+    seeded ``seed``); otherwise the samples go in their data order, the last batch smaller
+    (drop_last=False, as the authors' loaders). ``cfg.lr_step``: a cosine schedule is updated every
+    step (``step``) or, like the authors' CosineAnnealingLR(T_max=epochs), once after every epoch.
     """
     last = cfg.epochs if stop_epoch is None else stop_epoch
     if not 1 <= last <= cfg.epochs:
@@ -215,7 +243,8 @@ def optimise_linear(model: torch.nn.Linear, batch_loss: Callable[[Any], torch.Te
     bs = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
     steps_per_epoch = math.ceil(n / bs)
     total = cfg.epochs * steps_per_epoch
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
+    bias_wd = weight_decay if cfg.decay_bias else 0.0
     if cfg.optimizer == "lbfgs":
         # one L-BFGS iteration (strong-Wolfe line search) per "epoch"; its history persists across
         # calls. L2 penalty 0.5 * wd * ||W||^2 = the coupled weight decay of Adam/SGD.
@@ -230,47 +259,87 @@ def optimise_linear(model: torch.nn.Linear, batch_loss: Callable[[Any], torch.Te
         def closure() -> torch.Tensor:
             opt.zero_grad(set_to_none=True)
             value = batch_loss(slice(None)) + 0.5 * weight_decay * model.weight.pow(2).sum()
+            if bias_wd:
+                value = value + 0.5 * bias_wd * model.bias.pow(2).sum()
             value.backward()
             return value
     else:
         groups = [{"params": [model.weight], "weight_decay": weight_decay},
-                  {"params": [model.bias], "weight_decay": 0.0}]
+                  {"params": [model.bias], "weight_decay": bias_wd}]
         opt = (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(groups, lr=lr)
+    per_epoch = cfg.optimizer != "lbfgs" and cfg.lr_schedule == "cosine" and cfg.lr_step == "epoch"
+    # the authors' schedule: torch's CosineAnnealingLR(T_max = epochs), stepped after each epoch
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if per_epoch else None
     results = []
     step = 0
     for epoch in range(1, last + 1):
         if cfg.optimizer == "lbfgs":
             opt.step(closure)
         else:
-            order = torch.randperm(n, generator=gen).to(model.weight.device) if bs < n else None
+            order = None
+            if bs < n and cfg.shuffle:
+                order = torch.randperm(n, generator=gen).to(model.weight.device)  # (n,)
             for i in range(steps_per_epoch):
-                if cfg.lr_schedule == "cosine":
+                if cfg.lr_schedule == "cosine" and not per_epoch:
                     cur = 0.5 * lr * (1.0 + math.cos(math.pi * step / total))
                     for g in opt.param_groups:
                         g["lr"] = cur
-                idx = order[i * bs:(i + 1) * bs] if order is not None else slice(None)
+                if bs >= n:
+                    idx = slice(None)
+                elif order is not None:
+                    idx = order[i * bs:(i + 1) * bs]
+                else:
+                    idx = slice(i * bs, (i + 1) * bs)
                 opt.zero_grad(set_to_none=True)
                 batch_loss(idx).backward()
                 opt.step()
                 step += 1
+            if scheduler is not None:
+                scheduler.step()
         if epoch == last or (stop_epoch is None and epoch % cfg.eval_every == 0):
             results.append(evaluate(epoch))
     return results
+
+
+def init_linear(model: torch.nn.Linear, init: str, generator: torch.Generator) -> None:
+    """Start values of the probe's Linear layer (``tasks.<task>.train.init``), drawn from ``generator``
+    (a CPU generator; the layer is moved to its device afterwards).
+
+    ``zeros``: weight and bias 0 (the seed then only orders the batches). ``normal``: weight
+    N(0, 0.01), bias 0 (the authors' FER classifier, docs/method.md §1.6 / 4.1; main.py ``linear_eval``).
+    ``torch_default``: nn.Linear's own reset (kaiming-uniform with a = sqrt(5) for the weight, bias
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in))), which the authors' pose and AU heads keep (docs/method.md §1.6).
+    """
+    with torch.no_grad():
+        if init == "zeros":
+            torch.nn.init.zeros_(model.weight)
+            torch.nn.init.zeros_(model.bias)
+        elif init == "normal":
+            torch.nn.init.normal_(model.weight, 0.0, 0.01, generator=generator)
+            torch.nn.init.zeros_(model.bias)
+        elif init == "torch_default":
+            torch.nn.init.kaiming_uniform_(model.weight, a=math.sqrt(5), generator=generator)
+            bound = 1.0 / math.sqrt(model.in_features) if model.in_features > 0 else 0.0
+            torch.nn.init.uniform_(model.bias, -bound, bound, generator=generator)
+        else:
+            raise ValueError(f"init {init!r} is not one of {list(INITS)}")
 
 
 def train_linear(x: torch.Tensor, y: torch.Tensor, loss: Loss, out_dim: int, *, lr: float,
                  weight_decay: float, cfg: TrainConfig, seed: int,
                  eval_sets: dict[str, torch.Tensor] | None = None, stop_epoch: int | None = None,
                  target_scale: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Checkpoint]:
-    """Train one zero-initialised Linear(D, out_dim) on (x (N, D), already standardised, y) and
-    return its outputs on ``eval_sets`` at every ``cfg.eval_every``-th epoch and the last one
+    """Train one Linear(D, out_dim), started as ``cfg.init`` says, on (x (N, D), already standardised,
+    y) and return its outputs on ``eval_sets`` at every ``cfg.eval_every``-th epoch and the last one
     (:func:`optimise_linear`). ``target_scale`` = (mean, std) maps the outputs back to target units
-    (L1 with standardised targets).
+    (L1 with standardised targets). One CPU generator seeded ``seed`` draws the start values first,
+    then the epochs' sample orders.
     """
     eval_sets = eval_sets or {}
-    model = torch.nn.Linear(x.shape[1], out_dim, device=x.device)
-    torch.nn.init.zeros_(model.weight)
-    torch.nn.init.zeros_(model.bias)
+    gen = torch.Generator().manual_seed(seed)
+    model = torch.nn.Linear(x.shape[1], out_dim)
+    init_linear(model, cfg.init, gen)
+    model = model.to(x.device)
     n = len(x)
     eval_batch = max(n if cfg.batch_size == 0 else min(cfg.batch_size, n), 4096)
 
@@ -284,7 +353,8 @@ def train_linear(x: torch.Tensor, y: torch.Tensor, loss: Loss, out_dim: int, *, 
         return Checkpoint(epoch, outs)
 
     return optimise_linear(model, lambda idx: _loss(loss, model(x[idx]), y[idx]), n, lr=lr,
-                           weight_decay=weight_decay, cfg=cfg, seed=seed, stop_epoch=stop_epoch, evaluate=evaluate)
+                           weight_decay=weight_decay, cfg=cfg, seed=seed, stop_epoch=stop_epoch, evaluate=evaluate,
+                           generator=gen)
 
 
 @dataclass
@@ -347,7 +417,7 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, l
       (lr, weight decay, epoch) by ``score`` on it, then refit or keep the train-only model
       (``probe.refit``). The test set is predicted once, by the final model (``train_only`` keeps
       the test outputs of every checkpoint, but they are never scored here).
-    * ``paper``: the authors' procedure (method doc 4.1, 4.2, A.1): train on ALL training data,
+    * ``paper``: the authors' procedure (docs/method.md §4.1, 4.2, A.1): train on ALL training data,
       score the TEST set with ``score`` at every evaluation epoch and report the best test checkpoint.
       Needs ``y_test``. ``val_outputs`` are then the selected model's outputs on the fit set (for
       rules such as AU thresholds that need held-in predictions) and ``grid`` holds the whole test
@@ -387,8 +457,11 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, l
         return (y - m) / s, (m, s)
 
     keep_test = paper or probe.refit == "train_only"
+    # tasks.<task>.train.standardize overrides probe.standardize (the authors' FER probe reads raw
+    # features, their pose and AU heads start with BatchNorm1d)
+    standardize = probe.standardize if train.standardize is None else train.standardize
     y_fit, scale = targets(tr)
-    std = standardizer(xt[tr], probe.standardize)
+    std = standardizer(xt[tr], standardize)
     x_fit = std(xt[tr])  # (N_train, D)
     evals = {"val": x_fit if paper else std(xt[va])}
     if keep_test:
@@ -408,7 +481,7 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, l
 
     if probe.refit == "train_val" and not paper:
         y_all, scale_all = targets(slice(None))
-        std = standardizer(xt, probe.standardize)
+        std = standardizer(xt, standardize)
         cp = train_linear(std(xt), y_all, loss, out_dim, lr=best.lr, weight_decay=best.weight_decay, cfg=train,
                           seed=seed, eval_sets={"test": std(xte)},
                           stop_epoch=best.epoch, target_scale=scale_all)[-1]
@@ -438,7 +511,7 @@ FEATURE_KEYS = ("trunk", "face", "pose")
 def load_split(features_dir: Path, aligned_dir: Path, split: str, readout: str) -> tuple[np.ndarray, pd.DataFrame]:
     """Features of one split and the manifest rows they belong to, in the same order.
 
-    ``readout``: ``trunk`` (the shared trunk, the authors' choice, method doc 6.1 item 2), ``face``
+    ``readout``: ``trunk`` (the shared trunk, the authors' choice, docs/method.md §6.1 item 2), ``face``
     (F_f), ``pose`` (F_p) or ``concat`` = [F_f, F_p] (the two disentangled heads side by side).
     Returns (X (N, D) float32, manifest with one row per feature row).
     """

@@ -1,4 +1,4 @@
-"""Head-pose estimation: linear regression of (yaw, pitch, roll) with L1 loss (method doc 4.2).
+"""Head-pose estimation: linear regression of (yaw, pitch, roll) with L1 loss (docs/method.md §4.2).
 
 The authors' regressor is BatchNorm1d + Linear(D, 3) with L1 loss in degrees, selected on the best
 test epoch, and their logs label the columns pitch / yaw / roll although FSA-Net's npz order is
@@ -27,7 +27,7 @@ from ..config import from_dict
 from .linear import ProbeConfig, TrainConfig, fit_probe, require_columns
 
 # Output / metric order. The authors' logs print columns 0/1/2 as pitch/yaw/roll while FSA-Net's npz
-# order is [yaw, pitch, roll] (method doc 4.2, 6.1 item 5); here the columns are read by NAME.
+# order is [yaw, pitch, roll] (docs/method.md §4.2, 6.1 item 5); here the columns are read by NAME.
 ANGLES = ("yaw", "pitch", "roll")
 
 

@@ -1,6 +1,6 @@
 """Validation carving and fold checks for the clean linear-evaluation protocol.
 
-The authors select the probe epoch on the test set (method doc 6.1 item 1, A.1, A.2). Here every
+The authors select the probe epoch on the test set (docs/method.md §6.1 item 1, A.1, A.2). Here every
 hyperparameter is chosen on a validation split carved from the TRAINING data. When the manifest names
 subjects, the carving is subject-disjoint, so validation scores measure generalisation to unseen people
 as the test split does (RAF-DB-style sets without identities fall back to a per-image split).
@@ -67,7 +67,7 @@ def carve_validation(n: int, fraction: float, rng: np.random.Generator,
 
 
 def check_fold_exclusivity(subjects: Any, folds: Any, where: str) -> np.ndarray:
-    """Validate subject-exclusive cross-validation folds (AU protocol, method doc 4.4 / A.1).
+    """Validate subject-exclusive cross-validation folds (AU protocol, docs/method.md §4.4 / A.1).
 
     Raises ``ValueError`` naming ``where`` when a row has no fold (-1 / missing), when fewer than two
     folds exist, or when a subject appears in more than one fold. Returns the folds as int64.

@@ -1,4 +1,4 @@
-"""Face verification: the standard 10-fold protocol on frozen features (method doc 4.3, A.2).
+"""Face verification: the standard 10-fold protocol on frozen features (docs/method.md §4.3, A.2).
 
 The authors' code predicts "same" when cos >= a fixed config ``theta`` that is recorded nowhere and
 scores all 6000 LFW pairs as one list (A.2 a), or trains a Siamese BatchNorm1d + Linear with a

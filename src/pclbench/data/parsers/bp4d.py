@@ -18,6 +18,20 @@ of the 12 AUs, and coded frames without an image, are dropped and counted.
 
 Folds: the 3 subject-exclusive folds of the AU-detection literature (JAA-Net / ME-GraphAU partition,
 :data:`FOLDS`). ``clip`` = task number (T1 -> 1), ``frame`` = the CSV's frame number.
+
+Frame numbering (the DISFA 0-vs-1 question, checked for BP4D): there is no base to choose. The CSV's
+first column is the frame number of the release's own image file, not a position: F001_T1.csv starts
+at frame 2440 (amogh112/deepFAU datasets.ipynb shows its frame column 2440..2992), and ME-GraphAU
+builds the image path ``<subject>/<task>/<frame>.jpg`` straight from that column
+(CVI-SZU/ME-GraphAU tool/BP4D_image_label_process.py; tool/README.md example
+``data/BP4D/img/F001/T1/2440.jpg``). The parser therefore matches the CSV frame number to the image's
+number (zero padding ignored) and never shifts it. Frames re-extracted from video by another tool
+would not carry these numbers and are not a supported layout.
+
+Untrusted input: CSVs and frame images come from folder listings; each must stay inside the release
+(no symlink out of it, else an error), entries that are not regular files (FIFOs, devices) are
+skipped and counted (``dropped.not_regular_file``), a frame coded twice with different codes, or two
+images with the same frame number in one folder, are errors naming the files.
 """
 from __future__ import annotations
 
@@ -28,8 +42,8 @@ from typing import Mapping
 
 from ...io import atomic_dir
 from . import PARSERS
-from .stage1 import (Progress, SourceFormatError, SourceLayoutError, au_column, check_splits, find_first, log,
-                     make_row, place_image, write_manifest, write_meta)
+from .stage1 import (Progress, SourceFormatError, SourceLayoutError, au_column, check_splits, find_first, inside,
+                     is_regular_file, log, make_row, place_image, write_manifest, write_meta)
 
 LAYOUT = """  <source>/AUCoding/AU_OCC/F001_T1.csv   (or <source>/AUCoding/F001_T1.csv): header row of AU numbers,
      first column = frame number, codes 0/1/9
@@ -69,7 +83,7 @@ def read_occurrence(path: Path) -> tuple[dict[int, dict[str, float]], int]:
         if missing:
             raise SourceFormatError(f"{path}:1: header lacks AU column(s) {missing}; expected a header row of "
                                     f"AU numbers after the frame column, got {header[:8]}...")
-        out, unknown = {}, 0
+        out, unknown, line_of = {}, 0, {}
         for i, rec in enumerate(reader, 2):
             if not rec or not any(x.strip() for x in rec):
                 continue
@@ -81,6 +95,12 @@ def read_occurrence(path: Path) -> tuple[dict[int, dict[str, float]], int]:
             bad = {a: c for a, c in codes.items() if c not in (0, 1, 9)}
             if bad:
                 raise SourceFormatError(f"{path}:{i}: AU codes {bad} are not 0 (absent) / 1 (present) / 9 (unknown)")
+            if frame in line_of:
+                if codes != line_of[frame][1]:
+                    raise SourceFormatError(f"{path}:{i}: frame {frame} is coded again with different codes "
+                                            f"(first at line {line_of[frame][0]})")
+                continue  # the same row twice: kept once
+            line_of[frame] = (i, codes)
             if any(c == 9 for c in codes.values()):
                 unknown += 1
                 continue
@@ -88,12 +108,23 @@ def read_occurrence(path: Path) -> tuple[dict[int, dict[str, float]], int]:
     return out, unknown
 
 
-def _frame_index(folder: Path) -> dict[int, Path]:
-    out = {}
+def _frame_index(folder: Path, root: Path, dropped: dict) -> dict[int, Path]:
+    """{frame number: image} of one sequence folder; every file must stay inside ``root`` (the
+    release); non-regular files are skipped and counted; a frame number used twice is an error."""
+    out: dict[int, Path] = {}
     if folder.is_dir():
-        for p in folder.iterdir():
+        inside(root, str(folder.relative_to(root)), where=str(folder))
+        for p in sorted(folder.iterdir()):
             if p.suffix.lower() in (".jpg", ".jpeg", ".png") and (m := re.fullmatch(r"\D*(\d+)", p.stem)):
-                out[int(m.group(1))] = p
+                inside(root, str(p.relative_to(root)), where=str(p))
+                if not is_regular_file(p):
+                    dropped["not_regular_file"] += 1  # a FIFO would block forever: never opened
+                    log.warning("bp4d: %s is not a regular file (FIFO, device or dangling link); skipped", p)
+                    continue
+                n = int(m.group(1))
+                if n in out:
+                    raise SourceFormatError(f"{folder}: {out[n].name} and {p.name} are both frame {n}; keep one")
+                out[n] = p
     return out
 
 
@@ -112,20 +143,26 @@ def prepare(entry: Mapping, source: Path, out: Path) -> dict:
         raise SourceFormatError(f"BP4D subjects {unknown_subjects} are not in the 3-fold partition; "
                                 "is this BP4D-Spontaneous (41 subjects F001-F023, M001-M018)?")
     rows: list[dict] = []
-    dropped = {"au_not_coded_9": 0, "frame_without_image": 0}
+    dropped = {"au_not_coded_9": 0, "frame_without_image": 0, "not_regular_file": 0}
     with atomic_dir(out) as tmp:
         progress = Progress(len(csvs), "prepare bp4d", unit="sequence")
         for path in csvs:
             subject, task = _NAME.fullmatch(path.stem).groups()
+            inside(label_dir, path.name, where=str(path))  # no symlink out of the release
+            if not is_regular_file(path):  # a FIFO would block forever: never opened
+                dropped["not_regular_file"] += 1
+                log.warning("bp4d: %s is not a regular file (FIFO, device or dangling link); skipped", path)
+                progress.update()
+                continue
             labels, unknown = read_occurrence(path)
             dropped["au_not_coded_9"] += unknown
-            frames = _frame_index(img_root / subject / f"T{task}")
+            frames = _frame_index(img_root / subject / f"T{task}", img_root, dropped)
             for f in sorted(labels):
                 if f not in frames:
                     dropped["frame_without_image"] += 1
                     continue
                 rel = f"images/{subject}/T{task}/{frames[f].name}"
-                place_image(frames[f], tmp / rel)
+                place_image(frames[f], tmp / rel, where=f"{path} frame {f}")
                 rows.append(make_row(rel, subject=subject, clip=int(task), frame=f, fold=FOLD_OF[subject],
                                      aus=labels[f]))
             progress.update()

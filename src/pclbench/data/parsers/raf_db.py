@@ -7,22 +7,29 @@ Official layout (the ``basic/`` folder of the release, obtained from the authors
     basic/Image/aligned/train_00001_aligned.jpg   100x100 aligned faces (preferred; the paper's input)
     basic/Image/original/train_00001.jpg          the original images (used when aligned/ is absent)
 
-Labels (RAF-DB README; PCL method doc 3.5 "label 5 -> 4"): 1 surprise, 2 fear, 3 disgust, 4 happiness,
+Labels (RAF-DB README; PCL docs/method.md §3.5 "label 5 -> 4"): 1 surprise, 2 fear, 3 disgust, 4 happiness,
 5 sadness, 6 anger, 7 neutral. RAF-DB order IS the stage-1 order, so ``expression = label - 1``.
 The split is the file-name prefix (``train_`` / ``test_``): 12,271 train and 3,068 test images in
-the release (method doc 4.1). RAF-DB names no identities (``subject`` -1) and its landmark files
+the release (docs/method.md §4.1). RAF-DB names no identities (``subject`` -1) and its landmark files
 (5 manual / 37 automatic points) are not iBUG-68, so no ``.pts`` is written; alignment uses a
 landmark backend. The file name "list_patition_label.txt" (sic) is the release's spelling.
+
+Untrusted input: every file name of the label list must name a file inside the image folder (no
+absolute path, no ``..``, no symlink out of the release); otherwise the run stops with an error
+naming ``list_patition_label.txt:<line>`` before anything is written, and the previous output stays.
+An image listed twice is an error naming the line (nothing is ever overwritten). Entries that are
+not regular files (FIFOs, devices) are skipped and counted (``dropped.not_regular_file``).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Mapping
 
 from ...io import atomic_dir
 from . import PARSERS
 from .stage1 import (RAF_EXPRESSIONS, Progress, SourceFormatError, SourceLayoutError, check_splits, find_first,
-                     log, make_row, place_image, write_manifest, write_meta)
+                     inside, is_regular_file, log, make_row, place_image, safe_relpath, write_manifest, write_meta)
 
 LAYOUT = """  <source>/basic/EmoLabel/list_patition_label.txt   lines "train_00001.jpg 5" (labels 1-7)
   <source>/basic/Image/aligned/<name>_aligned.jpg     (or basic/Image/original/<name>.jpg)"""
@@ -30,8 +37,9 @@ LAYOUT = """  <source>/basic/EmoLabel/list_patition_label.txt   lines "train_000
 SPLITS = ("train", "test")
 
 
-def read_labels(path: Path) -> list[tuple[str, str, int]]:
-    """``list_patition_label.txt`` -> [(file name, split, 0-based RAF label)]."""
+def read_labels(path: Path) -> list[tuple[str, str, int, int]]:
+    """``list_patition_label.txt`` -> [(file name, split, 0-based RAF label, line number)]. File names
+    are checked to be relative names that stay in their folder (:func:`safe_relpath`)."""
     out = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -46,10 +54,11 @@ def read_labels(path: Path) -> list[tuple[str, str, int]]:
             raise SourceFormatError(f"{path}:{i}: label {lab!r} is not an integer") from None
         if not 1 <= label <= 7:
             raise SourceFormatError(f"{path}:{i}: label {label} outside 1-7 (RAF-DB basic has 7 classes)")
-        split = name.split("_", 1)[0]
+        name = safe_relpath(name, where=f"{path}:{i}")  # refuses absolute names and '..' (read from data)
+        split = name.rsplit("/", 1)[-1].split("_", 1)[0]
         if split not in SPLITS:
             raise SourceFormatError(f"{path}:{i}: file name {name!r} starts with neither 'train_' nor 'test_'")
-        out.append((name, split, label - 1))
+        out.append((name, split, label - 1, i))
     if not out:
         raise SourceFormatError(f"{path}: no labels")
     return out
@@ -72,18 +81,29 @@ def prepare(entry: Mapping, source: Path, out: Path) -> dict:
     items = read_labels(labels_path)
     rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
     missing: list[str] = []
+    not_regular: list[str] = []
+    # Every name is resolved (lexically and through symlinks) before anything is written.
+    sources = []
+    for name, split, label, line in items:
+        where = f"{labels_path}:{line}"
+        fname = name
+        if variant == "aligned":  # Image/aligned/<stem>_aligned.jpg for the label list's <stem>.jpg
+            head, _, base = name.rpartition("/")
+            fname = (f"{head}/" if head else "") + f"{Path(base).stem}_aligned.jpg"
+        sources.append((inside(folder, fname, where=where), fname, split, label, where))
     with atomic_dir(out) as tmp:
         progress = Progress(len(items), "prepare raf_db")
-        for name, split, label in items:
-            stem = Path(name).stem
-            fname = f"{stem}_aligned.jpg" if variant == "aligned" else name
-            src = folder / fname
+        for src, fname, split, label, where in sources:
             progress.update()
-            if not src.is_file():
+            if not os.path.lexists(src):
                 missing.append(fname)
                 continue
+            if not is_regular_file(src):  # a FIFO would block forever: never opened
+                not_regular.append(fname)
+                log.warning("raf_db: %s: %s is not a regular file (FIFO, device or dangling link); skipped", where, src)
+                continue
             rel = f"images/{variant}/{fname}"
-            place_image(src, tmp / rel)
+            place_image(src, tmp / rel, where=where)
             rows[split].append(make_row(rel, expression=label))
         progress.close()
         if missing and len(missing) == len(items):
@@ -97,7 +117,8 @@ def prepare(entry: Mapping, source: Path, out: Path) -> dict:
         meta = write_meta(tmp, "raf_db", source, images=variant, expressions=list(RAF_EXPRESSIONS),
                           label_mapping="RAF-DB label k (1-7) -> expression k-1", splits=counts,
                           per_class=per_class, n_images=sum(counts.values()),
-                          dropped={"image_missing": len(missing), "examples": missing[:10]})
+                          dropped={"image_missing": len(missing), "examples": missing[:10],
+                                   "not_regular_file": len(not_regular)})
     if missing:
         log.warning("raf_db: %d labelled images missing from %s (first: %s)", len(missing), folder, missing[0])
     log.info("prepared raf_db (%s images): %s", variant, counts)

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import shutil
+import stat
 import sys
 import time
 from pathlib import Path
@@ -141,14 +142,86 @@ def _json_default(x):
     raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
-def place_image(src: Path, dst: Path) -> None:
+class UnsafePathError(SourceFormatError):
+    """A file name read from the release (a label file, a CSV) would leave its folder: absolute,
+    ``..``, a drive or a NUL byte, or a symlink out of the release. Refused, naming file and line."""
+
+
+def _where(where: str | None) -> str:
+    return f"{where}: " if where else ""
+
+
+def safe_relpath(name: str, *, where: str | None = None) -> str:
+    """``name`` (read from untrusted data) as a normalised relative POSIX path that cannot leave the
+    folder it is joined to, else :class:`UnsafePathError` naming ``where`` ("file:line").
+
+    Refused: empty names, absolute paths (``/x``, ``\\x``, ``C:...``), any ``..`` component, NUL
+    bytes. Backslashes count as separators (releases made on Windows). ``.`` components are dropped.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise UnsafePathError(f"{_where(where)}empty file name")
+    if "\x00" in name:
+        raise UnsafePathError(f"{_where(where)}file name contains a NUL byte: {name!r}")
+    posix = name.strip().replace("\\", "/")
+    if posix.startswith("/") or (len(posix) >= 2 and posix[1] == ":"):
+        raise UnsafePathError(f"{_where(where)}absolute file name {name!r} refused: names in a release "
+                              "are relative to its folder")
+    parts = [c for c in posix.split("/") if c not in ("", ".")]
+    if any(c == ".." for c in parts):
+        raise UnsafePathError(f"{_where(where)}file name {name!r} refused: '..' would leave the release folder")
+    if not parts:
+        raise UnsafePathError(f"{_where(where)}file name {name!r} names no file")
+    return "/".join(parts)
+
+
+def inside(root: Path, name: str, *, where: str | None = None) -> Path:
+    """``root / name`` for an untrusted ``name``, checked twice: lexically (:func:`safe_relpath`)
+    and physically (the resolved path, symlinks followed, must stay under the resolved ``root``)."""
+    rel = safe_relpath(name, where=where)
+    path = Path(root) / rel
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise UnsafePathError(f"{_where(where)}{name!r} resolves to {real}, outside {real_root} "
+                              "(a symlink out of the release?); refused")
+    return path
+
+
+def is_regular_file(path: Path) -> bool:
+    """True for a regular file (symlinks followed). FIFOs, devices and sockets are False: opening a
+    FIFO blocks forever, so callers skip such entries with a reason instead of reading them."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+class DuplicateImageError(SourceFormatError):
+    """The same output image would be written twice (an image listed twice in the release)."""
+
+
+def place_image(src: Path, dst: Path, *, where: str | None = None) -> None:
     """Put the release's image file at ``dst`` unchanged: a hard link where the file system allows
-    (no extra disk for 300k-image sets), else a copy. Image bytes are never re-encoded."""
+    (no extra disk for 300k-image sets), else a copy. Image bytes are never re-encoded.
+
+    ``src`` must be a regular file (not a FIFO or device). ``dst`` must not exist: an existing
+    destination means the release lists one image twice, and nothing is ever overwritten (the link
+    is made with ``O_EXCL`` semantics; the copy fallback opens ``dst`` with ``O_EXCL`` too)."""
+    if not is_regular_file(src):
+        raise SourceFormatError(f"{_where(where)}{src} is not a regular file (missing, a FIFO or a device)")
     dst.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(dst):
+        raise DuplicateImageError(f"{_where(where)}{dst.name} is listed twice (output {dst} already written)")
     try:
         os.link(src, dst)
+        return
+    except FileExistsError:
+        raise DuplicateImageError(f"{_where(where)}{dst.name} is listed twice (output {dst} already written)") from None
     except OSError:
-        shutil.copyfile(src, dst)
+        pass  # cross-device, no hard links on this file system, ...: copy instead
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out, 1 << 20)
 
 
 def save_pts(path: Path, points: np.ndarray) -> None:
@@ -195,32 +268,58 @@ class Progress:
 
 
 def write_pairs_dataset(out: Path, dataset: str, source: Path, img_root: Path, pairs_path: Path,
-                        pairs: Sequence[tuple[int, str, str, int]], identity, layout: str, **meta_fields) -> dict:
+                        pairs: Sequence[tuple[int, str, str, int]], identity, layout: str, *,
+                        where: Mapping[str, str] | None = None, **meta_fields) -> dict:
     """Stage-1 layout of a verification set (LFW, CPLFW): split ``all`` = every image a pair names,
     ``pairs.csv`` and meta.json, written atomically into ``out``.
 
-    ``pairs``: ``(fold, image a, image b, same)`` with image paths relative to ``img_root``;
-    ``identity(image) -> person``. An image's ``fold`` is its person's first fold (the folds of the
-    LFW protocol are person-disjoint; persons found in several folds are counted in meta.json).
+    ``pairs``: ``(fold, image a, image b, same)`` with image names relative to ``img_root`` AS READ
+    from the release's pairs file (untrusted): each name is normalised by :func:`safe_relpath` and
+    resolved by :func:`inside` (no absolute path, no ``..``, no symlink out of ``img_root``), and the
+    image is placed with :func:`place_image`; ``where`` maps a name to the ``"file:line"`` that first
+    names it, for the error messages. ``pairs.csv`` holds the normalised names.
+    ``identity(image) -> person``. An image's ``fold`` is its person's first fold; persons found in
+    several folds are counted in meta.json (whether a protocol's folds are person-disjoint is
+    measured here, not assumed). meta.json's ``fold_composition`` gives the same / different pair
+    count of every fold, so a fold rule that yields unbalanced folds is visible.
     """
+    where = dict(where or {})
+
+    def at(name: str) -> str:
+        return where.get(name, str(pairs_path))
+
+    rel_of: dict[str, str] = {}  # name as read -> normalised relative path
+    for _, a, b, _ in pairs:
+        for name in (a, b):
+            if name not in rel_of:
+                rel_of[name] = safe_relpath(name, where=at(name))
+    pairs = [(int(f), rel_of[a], rel_of[b], int(same)) for f, a, b, same in pairs]
+    first_where = {}
+    for name, rel in rel_of.items():
+        first_where.setdefault(rel, at(name))
     fold_of: dict[str, int] = {}  # image -> fold of its identity
     person_fold: dict[str, int] = {}
     conflicts = set()
-    for fold, a, b, _ in pairs:
+    composition: dict[int, dict[str, int]] = {}
+    for fold, a, b, same in pairs:
+        c = composition.setdefault(fold, {"same": 0, "different": 0})
+        c["same" if same else "different"] += 1
         for name in (a, b):
             person = identity(name)
             if person_fold.setdefault(person, fold) != fold:
                 conflicts.add(person)
             fold_of.setdefault(name, person_fold[person])
-    missing = [n for n in fold_of if not (img_root / n).is_file()]
+    src_of = {name: inside(img_root, name, where=first_where[name]) for name in fold_of}
+    missing = [n for n in fold_of if not is_regular_file(src_of[n])]
     if missing:
-        raise SourceLayoutError(f"{len(missing)} images named in {pairs_path} are missing under {img_root} "
-                                f"(first: {missing[:3]}); expected the official layout:\n{layout}")
+        first = "; ".join(f"{first_where[n]}: {n}" for n in missing[:3])
+        raise SourceLayoutError(f"{len(missing)} images named in {pairs_path} are missing (or not regular files) "
+                                f"under {img_root} (first: {first}); expected the official layout:\n{layout}")
     rows = []
     with atomic_dir(out) as tmp:
         progress = Progress(len(fold_of), f"prepare {dataset}")
         for name in sorted(fold_of):
-            place_image(img_root / name, tmp / "images" / name)
+            place_image(src_of[name], tmp / "images" / name, where=first_where[name])
             rows.append(make_row(f"images/{name}", subject=identity(name), fold=fold_of[name]))
             progress.update()
         progress.close()
@@ -230,6 +329,7 @@ def write_pairs_dataset(out: Path, dataset: str, source: Path, img_root: Path, p
                   **meta_fields.pop("counts", {})}
         meta = write_meta(tmp, dataset, source, image_folder=img_root.name, pairs_file=str(pairs_path),
                           splits={"all": len(rows)}, n_images=len(rows), counts=counts,
+                          fold_composition={f: composition[f] for f in sorted(composition)},
                           identities_in_several_folds=sorted(conflicts)[:20],
                           n_identities_in_several_folds=len(conflicts), **meta_fields)
     if conflicts:
