@@ -136,6 +136,7 @@ def cmd_contact_sheet(args) -> int:
 def cmd_align(args) -> int:
     from .config import from_dict
     from .data.align import AlignConfig, align_split
+    from .data.parsers import SourceFormatError
 
     cfg = load_config(args.config, args.params)
     acfg = from_dict(AlignConfig, cfg["align"], "align")
@@ -149,8 +150,12 @@ def cmd_align(args) -> int:
         from .data.align import align_chunks
 
         parts = args.parts if args.parts is not None else acfg.parts
-        info = align_chunks(Path(args.raw), args.split, Path(args.out), acfg, size=size, workers=args.workers,
-                            dataset=args.dataset, part=args.part, parts=parts)
+        try:
+            info = align_chunks(Path(args.raw), args.split, Path(args.out), acfg, size=size, workers=args.workers,
+                                dataset=args.dataset, part=args.part, parts=parts)
+        except SourceFormatError as e:  # e.g. a manifest row leaving the raw folder: file:line, no traceback
+            print(f"pclbench align: {e}", file=sys.stderr)
+            return 1
         logging.info("align part %d/%d: %d chunk(s) computed, %d reused", args.part + 1, parts,
                      len(info["computed"]), len(info["reused"]))
         if args.done:
@@ -164,12 +169,16 @@ def cmd_align(args) -> int:
 
         try:
             qc = merge_chunks(Path(args.raw), args.split, Path(args.out), acfg, size=size, dataset=args.dataset)
-        except FileNotFoundError as e:  # parts not finished: say which, without a traceback
+        except (FileNotFoundError, SourceFormatError) as e:  # parts not finished / a bad manifest row: no traceback
             print(f"pclbench align --merge: {e}", file=sys.stderr)
             return 1
     else:
-        qc = align_split(Path(args.raw), args.split, Path(args.out), acfg, size=size, workers=args.workers,
-                         dataset=args.dataset)
+        try:
+            qc = align_split(Path(args.raw), args.split, Path(args.out), acfg, size=size, workers=args.workers,
+                             dataset=args.dataset)
+        except SourceFormatError as e:  # e.g. a manifest row leaving the raw folder: file:line, no traceback
+            print(f"pclbench align: {e}", file=sys.stderr)
+            return 1
     logging.info("aligned %s/%s: %d kept, %d failed", args.raw, args.split, qc["n_kept"], qc["n_failed"])
     return 0
 
@@ -230,11 +239,18 @@ def checkpoint_info(path: Path) -> dict:
         # The faithful/fixed switches (docs/method.md §6-7) change results: tables must name them.
         info["variant"] = {k: v for k, v in config["pcl"].items()
                            if isinstance(v, str) and v in ("faithful", "fixed")}
+        # the switches PCL reads outside its own section (README "Faithful vs fixed")
+        sobel = (config.get("views") or {}).get("sobel_overflow")
+        if sobel in ("faithful", "fixed"):
+            info["variant"]["views.sobel_overflow"] = sobel
         from .methods import ablation_label
 
         info["ablation"] = ablation_label(config["pcl"])
     elif isinstance(config.get(ck.get("method")), dict):
         info["settings"] = config[ck["method"]]  # a baseline's own section (simclr, moco, byol)
+    unit = (config.get("pretrain") or {}).get("epoch_unit")
+    if unit is not None:
+        info["epoch_unit"] = unit  # what "epochs_trained" counts (README "Faithful vs fixed")
     if ck.get("imported_from"):
         info["imported_from"] = ck["imported_from"]
     return info

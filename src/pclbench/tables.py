@@ -416,6 +416,8 @@ def _variant_text(probe: Mapping) -> str:
     for k in ("epochs_trained", "iterations"):
         if info.get(k) is not None:
             parts.append(f"{k.replace('_', ' ')} {info[k]}")
+    if info.get("epoch_unit") is not None:
+        parts.append(f"epoch unit {info['epoch_unit']}")
     return "; ".join(parts) if parts else json.dumps(dict(info), sort_keys=True, default=str)
 
 

@@ -45,10 +45,32 @@ class DatasetNotFound(FileNotFoundError):
     """A licence-gated dataset is not (completely, correctly) in place; the message says what to do."""
 
 
-def _manual_problems(entry: Mapping[str, Any], dataset_dir: Path, check_sha256: bool) -> list[tuple[dict, str]]:
-    """``[(files entry, problem)]`` for every ``manual.files`` entry that is missing or wrong."""
+def _layouts(entry: Mapping[str, Any]) -> list[tuple[str, list[dict]]]:
+    """``[(name, files)]``: ``manual.files`` (the main release layout) then each ``manual.alternatives``
+    entry (another official release of the same dataset, e.g. AffectNet's newer npy release)."""
+    m = entry["manual"]
+    return [("main", list(m["files"]))] + [(a["name"], list(a["files"])) for a in m.get("alternatives") or []]
+
+
+def _placed_files(entry: Mapping[str, Any], dataset_dir: Path, check_sha256: bool) -> list[dict]:
+    """The ``files`` list of the first release layout completely in place, else ``manual.files``."""
+    for _, files in _layouts(entry):
+        if not _manual_problems(entry, dataset_dir, check_sha256, files):
+            return files
+    return list(entry["manual"]["files"])
+
+
+def _manual_problems(entry: Mapping[str, Any], dataset_dir: Path, check_sha256: bool,
+                     files: Optional[list[dict]] = None) -> list[tuple[dict, str]]:
+    """``[(files entry, problem)]`` for every entry of ``files`` that is missing or wrong. Without
+    ``files``: none when any release layout (``manual.files`` or an alternative) is completely in
+    place, else the problems of ``manual.files``."""
+    if files is None:
+        layouts = _layouts(entry)
+        found = [_manual_problems(entry, dataset_dir, check_sha256, fl) for _, fl in layouts]
+        return [] if any(not pr for pr in found) else found[0]
     problems = []
-    for f in entry["manual"]["files"]:
+    for f in files:
         p = dataset_dir / f["path"]
         kind = f["kind"]
         if not (p.exists() or p.is_symlink()):
@@ -100,18 +122,26 @@ def manual_instructions(name: str, entry: Mapping[str, Any], dataset_dir: str | 
         f"  Put it under {dataset_dir}/ in the official release layout, so that these exist:",
     ]
     for f in m["files"]:
-        what = "folder" if f["kind"] == "dir" else "file"
-        target = dataset_dir / f["path"]
-        shown = f"{target}/" if f["kind"] == "dir" else str(target)
-        sha = f", sha256 {f['sha256']}" if f.get("sha256") else ""
-        why = bad.get(f["path"])
-        status = "ok" if why is None else "MISSING" if why == "missing" else f"WRONG: {why}"
-        lines.append(f"    [{status}] {shown}  ({what}{sha})")
+        lines.append(_instruction_line(dataset_dir, f, bad))
+    for alt in m.get("alternatives") or []:
+        lines.append(f"  or, for the {alt['name']} release, these:")
+        alt_bad = {f["path"]: why for f, why in _manual_problems(entry, dataset_dir, False, list(alt["files"]))}
+        lines += [_instruction_line(dataset_dir, f, alt_bad) for f in alt["files"]]
     lines += [
         "  Then run the workflow (or `pclbench acquire`) again. To run everything else without this dataset,",
         "  keep `workflow.missing_data: skip`: the benchmarks that need it are reported as not run.",
     ]
     return "\n".join(lines)
+
+
+def _instruction_line(dataset_dir: Path, f: Mapping[str, Any], bad: Mapping[str, str]) -> str:
+    what = "folder" if f["kind"] == "dir" else "file"
+    target = dataset_dir / f["path"]
+    shown = f"{target}/" if f["kind"] == "dir" else str(target)
+    sha = f", sha256 {f['sha256']}" if f.get("sha256") else ""
+    why = bad.get(f["path"])
+    status = "ok" if why is None else "MISSING" if why == "missing" else f"WRONG: {why}"
+    return f"    [{status}] {shown}  ({what}{sha})"
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -221,7 +251,7 @@ def _acquire_manual(name: str, entry: Mapping[str, Any], dataset_dir: Path) -> l
     if problems:
         raise DatasetNotFound(manual_instructions(name, entry, dataset_dir, problems))
     files = []
-    for f in entry["manual"]["files"]:
+    for f in _placed_files(entry, dataset_dir, check_sha256=True):
         p = dataset_dir / f["path"]
         if f["kind"] == "file":
             d = file_digests(p, algorithms=("sha256",))

@@ -816,7 +816,14 @@ def _plan(raw_dir: Path, split: str, cfg: AlignConfig, size: int, dataset: str |
         raise ValueError(f"{manifest_path}: column 'row' is reserved for the aligned shard")
     dataset = dataset or raw_dir.name
     rel_paths = manifest["path"].tolist()
-    items = [(i, raw_dir / p) for i, p in enumerate(rel_paths)]
+    # The manifest is data: a row naming an absolute path or '..' is refused with its file:line (header =
+    # line 1) before anything is read or written. The check is lexical only: the parsers never write links
+    # into the raw folder (stage1.inside refuses links out of a release), while a DVC cache checked out as
+    # symlinks (cache.type symlink) would legitimately point every image outside it. A link to a device is
+    # still never opened (read_image: "not a regular file").
+    from .parsers.stage1 import safe_relpath  # here: stage1 imports data.landmarks, imported by this module
+
+    items = [(i, raw_dir / safe_relpath(p, where=f"{manifest_path}:{i + 2}")) for i, p in enumerate(rel_paths)]
     chunks = [items[s : s + cfg.chunk_size] for s in range(0, len(items), cfg.chunk_size)]
     settings = dataclasses.asdict(cfg)
     # do not change chunks (the dataset's own backend / detector / crop mode are in the fingerprint below)

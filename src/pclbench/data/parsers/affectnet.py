@@ -66,6 +66,7 @@ Entries that are not regular files (FIFOs, devices) are skipped with a reason
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from pathlib import Path
@@ -77,7 +78,7 @@ from ...io import atomic_dir
 from . import PARSERS
 from .stage1 import (EXPRESSIONS_8, Progress, SourceFormatError, SourceLayoutError, check_splits, find_first,
                      inside, is_regular_file, log, make_row, place_image, safe_relpath, save_pts, write_manifest,
-                     write_meta)
+                     write_meta, read_text, csv_records)
 
 LAYOUT = """  csv release:
   <source>/Manually_Annotated_file_lists/training.csv, validation.csv   (or <source>/training.csv, ...)
@@ -118,8 +119,8 @@ class Item(NamedTuple):
 def read_csv(path: Path) -> list[tuple[int, str, int, np.ndarray | None]]:
     """-> [(line number, subDirectory_filePath, AffectNet label, landmarks (68, 2) or None)]."""
     out = []
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
+    with io.StringIO(read_text(path), newline="") as fh:  # non-UTF-8: error with file:line
+        reader = csv_records(csv.reader(fh), path)  # csv.Error -> file:line
         first = True
         idx = {c: i for i, c in enumerate(COLUMNS)}
         for lineno, rec in enumerate(reader, 1):
@@ -139,7 +140,7 @@ def read_csv(path: Path) -> list[tuple[int, str, int, np.ndarray | None]]:
                 rel = rec[idx["subDirectory_filePath"]].strip()
                 label = int(float(rec[idx["expression"]]))
                 lm_text = rec[idx["facial_landmarks"]].strip()
-            except (IndexError, ValueError):
+            except (IndexError, ValueError, OverflowError):  # OverflowError: int(float("inf"))
                 raise SourceFormatError(f"{path}:{lineno}: cannot read path/expression/landmarks from {rec[:7]}; "
                                         f"expected columns {','.join(COLUMNS)}") from None
             if not 0 <= label <= 10:
@@ -161,8 +162,10 @@ def _load_npy(path: Path) -> np.ndarray:
     if not is_regular_file(path):
         raise SourceFormatError(f"{path}: not a regular file (a FIFO or a device?)")
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+        # Memory-mapped first: a header promising more data than the file holds fails here instead of
+        # allocating the promised size (np.load would try, e.g. 8 TB for shape (10**12,)).
+        return np.array(np.load(path, allow_pickle=False, mmap_mode="r"))
+    except (ValueError, OSError, EOFError, MemoryError) as e:
         raise SourceFormatError(f"{path}: not a readable .npy array ({e})") from None
 
 
@@ -310,7 +313,7 @@ def prepare(entry: Mapping, source: Path, out: Path) -> dict:
                     continue
                 place_image(it.src, tmp / it.dst_rel, where=it.where)
                 if it.landmarks is not None:
-                    save_pts((tmp / it.dst_rel).with_suffix(".pts"), it.landmarks)
+                    save_pts((tmp / it.dst_rel).with_suffix(".pts"), it.landmarks, where=it.where)
                 else:
                     dropped["no_landmarks"] += 1  # kept; alignment falls back to its landmark backend
                 rows[split].append(make_row(it.dst_rel, expression=TO_RAF[it.label]))

@@ -36,6 +36,7 @@ images with the same frame number in one folder, are errors naming the files.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from pathlib import Path
 from typing import Mapping
@@ -43,7 +44,7 @@ from typing import Mapping
 from ...io import atomic_dir
 from . import PARSERS
 from .stage1 import (Progress, SourceFormatError, SourceLayoutError, au_column, check_splits, find_first, inside,
-                     is_regular_file, log, make_row, place_image, write_manifest, write_meta)
+                     is_regular_file, log, make_row, place_image, write_manifest, write_meta, read_text, csv_records)
 
 LAYOUT = """  <source>/AUCoding/AU_OCC/F001_T1.csv   (or <source>/AUCoding/F001_T1.csv): header row of AU numbers,
      first column = frame number, codes 0/1/9
@@ -68,8 +69,8 @@ def _au_number(cell: str) -> int | None:
 
 def read_occurrence(path: Path) -> tuple[dict[int, dict[str, float]], int]:
     """One AU_OCC CSV -> ({frame: {AUk: 0 or 5}} for frames coded for all 12 AUs, frames dropped for a 9)."""
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
+    with io.StringIO(read_text(path), newline="") as fh:  # non-UTF-8: error with file:line
+        reader = csv_records(csv.reader(fh), path)  # csv.Error -> file:line
         try:
             header = next(reader)
         except StopIteration:
@@ -90,7 +91,7 @@ def read_occurrence(path: Path) -> tuple[dict[int, dict[str, float]], int]:
             try:
                 frame = int(float(rec[0]))
                 codes = {a: int(float(rec[col[a]])) for a in AUS}
-            except (ValueError, IndexError):
+            except (ValueError, IndexError, OverflowError):  # OverflowError: int(float("inf"))
                 raise SourceFormatError(f"{path}:{i}: cannot read frame and AU codes from {rec[:6]}...") from None
             bad = {a: c for a, c in codes.items() if c not in (0, 1, 9)}
             if bad:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Mapping
 
 from . import PARSERS
-from .stage1 import SourceFormatError, check_splits, find_first, write_pairs_dataset
+from .stage1 import SourceFormatError, check_splits, find_first, write_pairs_dataset, read_text
 
 LAYOUT = """  <source>/images/<Person_Name>_<k>.jpg        (or <source>/cplfw/images/..., or "aligned images/")
   <source>/pairs_CPLFW.txt                      two consecutive lines per pair: "<file name> <1|0>\""""
@@ -60,7 +60,7 @@ def identity(file_name: str) -> str:
 def read_lines(path: Path) -> list[tuple[int, int, str, str, int]]:
     """pairs_CPLFW.txt -> ``[(line a, line b, file a, file b, same)]`` in file order (pairs of
     consecutive non-empty lines; both lines of a pair must carry the same 0/1 label)."""
-    lines = [(i, ln.split()) for i, ln in enumerate(path.read_text().splitlines(), 1) if ln.strip()]
+    lines = [(i, ln.split()) for i, ln in enumerate(read_text(path).splitlines(), 1) if ln.strip()]
     if not lines or len(lines) % 2:
         raise SourceFormatError(f"{path}: {len(lines)} non-empty lines; expected an even number "
                                 "(two consecutive lines '<file name> <label>' per pair)")

@@ -61,7 +61,7 @@ from PIL import Image
 from ...io import atomic_dir
 from . import PARSERS
 from .stage1 import (Progress, SourceFormatError, SourceLayoutError, au_column, check_splits, find_first, inside,
-                     is_regular_file, log, make_row, place_image, write_manifest, write_meta)
+                     is_regular_file, log, make_row, place_image, write_manifest, write_meta, read_text)
 
 LAYOUT = """  <source>/ActionUnit_Labels/SN001/SN001_au1.txt ... _au26.txt   lines "<frame>,<intensity>"
   <source>/Videos_LeftCamera/LeftVideoSN001_comp.avi
@@ -87,7 +87,7 @@ def read_au_file(path: Path) -> dict[int, int]:
     intensity is kept once; with different intensities it is an error naming both lines."""
     out: dict[int, int] = {}
     line_of: dict[int, int] = {}
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         parts = [p.strip() for p in line.split(",")]
@@ -95,7 +95,7 @@ def read_au_file(path: Path) -> dict[int, int]:
             frame, value = int(parts[0]), int(float(parts[1]))
             if len(parts) != 2:
                 raise ValueError
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, OverflowError):  # OverflowError: int(float("inf"))
             raise SourceFormatError(f"{path}:{i}: expected '<frame>,<intensity>', got {line!r}") from None
         if not 0 <= value <= 5:
             raise SourceFormatError(f"{path}:{i}: intensity {value} outside the FACS 0-5 scale")
@@ -184,12 +184,17 @@ def _video_frames(video: Path, wanted: set[int]):
     """Yield (1-based frame number, RGB array) for the wanted frames, decoding sequentially."""
     import av
 
-    with av.open(str(video)) as container:
-        for k, frame in enumerate(container.decode(video=0), 1):
-            if k in wanted:
-                yield k, frame.to_ndarray(format="rgb24")
-            if k >= max(wanted):
-                break
+    try:
+        with av.open(str(video)) as container:
+            if not container.streams.video:  # decode(video=0) would raise a bare IndexError
+                raise SourceFormatError(f"{video}: not a decodable video (no video stream)")
+            for k, frame in enumerate(container.decode(video=0), 1):
+                if k in wanted:
+                    yield k, frame.to_ndarray(format="rgb24")
+                if k >= max(wanted):
+                    break
+    except av.error.FFmpegError as e:  # empty, truncated or not a video: name the file, no traceback
+        raise SourceFormatError(f"{video}: not a decodable video ({e})") from None
 
 
 @PARSERS.register("disfa")

@@ -21,6 +21,7 @@ traces back to its line). No identities (``subject`` -1), no landmarks.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Mapping
 
@@ -30,7 +31,7 @@ from PIL import Image
 from ...io import atomic_dir
 from . import PARSERS
 from .stage1 import (RAF_EXPRESSIONS, Progress, SourceFormatError, check_splits, find_first, log, make_row,
-                     write_manifest, write_meta)
+                     write_manifest, write_meta, read_text, csv_records)
 
 LAYOUT = """  <source>/fer2013.csv   (or <source>/fer2013/fer2013.csv, or Kaggle's icml_face_data.csv)
      header emotion,pixels,Usage; 2304 space-separated grey values per row; Usage Training/PublicTest/PrivateTest"""
@@ -44,8 +45,8 @@ SIDE = 48
 
 
 def _rows(path: Path):
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
+    with io.StringIO(read_text(path), newline="") as fh:  # non-UTF-8: error with file:line
+        reader = csv_records(csv.reader(fh), path)  # csv.Error -> file:line
         try:
             header = [h.strip() for h in next(reader)]
         except StopIteration:

@@ -94,6 +94,7 @@ default when absent): 300w_lp: ``landmark_key`` pts_3d | pts_2d, ``landmark_inde
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -388,7 +389,16 @@ def _prepare(dataset: str, split: str, entry: Mapping, source: Path, out: Path, 
         progress = Progress(len(samples), f"prepare {dataset}")
         for smp in samples:
             progress.update()
-            load(smp)
+            mat = smp.jpg.with_suffix(".mat")
+            for p in (smp.jpg, mat):  # globbed names are safe; a symlink out of the release is not
+                if os.path.lexists(p):
+                    inside(source, p.relative_to(source).as_posix(), where=str(p))
+            if not is_regular_file(smp.jpg) or (os.path.lexists(mat) and not is_regular_file(mat)):
+                smp.drop = "not_regular_file"  # a FIFO would block forever, a device never ends: never opened
+                log.warning("%s: %s or its .mat is not a regular file (FIFO, device or dangling link); skipped",
+                            dataset, smp.jpg)
+            else:
+                load(smp)
             if smp.drop is None and not within_range(*smp.pose):
                 smp.drop = "out_of_range_99deg"
             if smp.drop is not None:
@@ -398,7 +408,7 @@ def _prepare(dataset: str, split: str, entry: Mapping, source: Path, out: Path, 
                     ex.append(smp.rel)
                 continue
             place_image(smp.jpg, tmp / smp.rel, where=str(smp.jpg))
-            save_pts((tmp / smp.rel).with_suffix(".pts"), smp.lm)
+            save_pts((tmp / smp.rel).with_suffix(".pts"), smp.lm, where=str(smp.jpg))
             yaw, pitch, roll = smp.pose
             rows.append(make_row(smp.rel, subject=smp.subject, yaw=yaw, pitch=pitch, roll=roll))
             poses.append(smp.pose)
@@ -477,7 +487,10 @@ def prepare_300w_lp(entry: Mapping, source: Path, out: Path) -> dict:
         p = inside(root, rel, where=str(root / rel))  # a symlink out of the release is refused
         return p if p.exists() else None
 
-    def read_points(path: Path) -> np.ndarray:
+    def read_points(path: Path) -> np.ndarray | None:
+        if not is_regular_file(path):  # a FIFO or device: never opened (the caller drops the view)
+            log.warning("300w_lp: %s is not a regular file (FIFO, device or dangling link); skipped", path)
+            return None
         mat = _load_mat(path)
         arr = _need(mat, key, path, "300W-LP landmarks/<subset>/<name>_pts.mat holds pts_2d and pts_3d (68 x 2)")
         return points68(arr, f"{path}: {key}") - base  # (68, 2) 0-based
@@ -492,6 +505,8 @@ def prepare_300w_lp(entry: Mapping, source: Path, out: Path) -> dict:
         own = landmark_file(subset, stem)
         if own is not None:
             smp.lm, smp.origin = read_points(own), f"{LANDMARK_DIR}/<subset>/<name>_pts.mat {key}"
+            if smp.lm is None:
+                smp.drop = "not_regular_file"
             return
         if not subset.endswith(FLIP_SUFFIX):
             smp.drop = "landmarks_missing"
@@ -504,18 +519,22 @@ def prepare_300w_lp(entry: Mapping, source: Path, out: Path) -> dict:
         if twin is None:
             smp.drop = "landmarks_missing"
             return
+        twin_points = read_points(twin)
+        if twin_points is None:
+            smp.drop = "not_regular_file"
+            return
         width = _image_width(smp.jpg)
-        smp.lm = mirror_points(read_points(twin), width)
+        smp.lm = mirror_points(twin_points, width)
         smp.origin = f"mirrored {LANDMARK_DIR}/<unflipped twin>/<name>_pts.mat {key}"
         # Measure the mirror assumption: the twin's labels and pixels against this view's.
-        twin_mat = root / twin_subset / f"{stem}.mat"
-        if twin_mat.is_file():
+        twin_mat = inside(root, f"{twin_subset}/{stem}.mat", where=str(smp.jpg))  # no symlink out
+        if is_regular_file(twin_mat):
             ty, tp, tr = _pose(_load_mat(twin_mat), twin_mat)
             y, p, r = smp.pose
             flip["yaw_sum"].append(y + ty)
             flip["pitch_diff"].append(p - tp)
             flip["roll_sum"].append(r + tr)
-        twin_jpg = root / twin_subset / smp.jpg.name
+        twin_jpg = inside(root, f"{twin_subset}/{smp.jpg.name}", where=str(smp.jpg))
         if flip["n"] % stride == 0 and len(flip["pixel_ratio"]) < FLIP_PIXEL_SAMPLES and is_regular_file(twin_jpg):
             ratio = _mirror_pixel_ratio(smp.jpg, twin_jpg)
             if ratio is not None:

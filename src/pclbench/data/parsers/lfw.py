@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Mapping
 
 from . import PARSERS
-from .stage1 import SourceFormatError, UnsafePathError, check_splits, find_first, write_pairs_dataset
+from .stage1 import SourceFormatError, UnsafePathError, check_splits, find_first, write_pairs_dataset, read_text
 
 LAYOUT = """  <source>/lfw/<Person_Name>/<Person_Name>_0001.jpg   (lfw.tgz unpacked)
   <source>/pairs.txt  (or <source>/downloads/pairs.txt): "10 300", then per set 300 lines "name i j"
@@ -65,7 +65,7 @@ def _index(x: str) -> int:
 def read_pairs_with_lines(path: Path) -> tuple[list[tuple[int, str, str, int]], list[str], int, int]:
     """pairs.txt -> ([(fold, rel_a, rel_b, same)], ["pairs.txt:<line>" per pair], n_sets, n_per_set);
     paths relative to the image root."""
-    lines = [(i, ln.split()) for i, ln in enumerate(path.read_text().splitlines(), 1) if ln.strip()]
+    lines = [(i, ln.split()) for i, ln in enumerate(read_text(path).splitlines(), 1) if ln.strip()]
     if not lines:
         raise SourceFormatError(f"{path}: empty; expected the header line '10 300'")
     head_no, head = lines[0]

@@ -29,7 +29,8 @@ from typing import Mapping
 from ...io import atomic_dir
 from . import PARSERS
 from .stage1 import (RAF_EXPRESSIONS, Progress, SourceFormatError, SourceLayoutError, check_splits, find_first,
-                     inside, is_regular_file, log, make_row, place_image, safe_relpath, write_manifest, write_meta)
+                     inside, is_regular_file, log, make_row, place_image, read_text, safe_relpath, write_manifest,
+                     write_meta)
 
 LAYOUT = """  <source>/basic/EmoLabel/list_patition_label.txt   lines "train_00001.jpg 5" (labels 1-7)
   <source>/basic/Image/aligned/<name>_aligned.jpg     (or basic/Image/original/<name>.jpg)"""
@@ -41,7 +42,7 @@ def read_labels(path: Path) -> list[tuple[str, str, int, int]]:
     """``list_patition_label.txt`` -> [(file name, split, 0-based RAF label, line number)]. File names
     are checked to be relative names that stay in their folder (:func:`safe_relpath`)."""
     out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()

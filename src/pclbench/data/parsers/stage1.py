@@ -69,13 +69,17 @@ class SourceFormatError(ValueError):
 
 def find_first(source: Path, candidates: Sequence[str], what: str, layout: str, kind: str = "file") -> Path:
     """The first of ``candidates`` (relative to ``source``) that exists, else a :class:`SourceLayoutError`
-    naming every path tried and the expected official layout."""
+    naming every path tried and the expected official layout. A file found must resolve inside
+    ``source`` (:func:`inside`: no symlink out of the release), else :class:`UnsafePathError`."""
     source = Path(source)
     if not source.is_dir():
         raise SourceLayoutError(f"source folder {source} does not exist; expected the official layout:\n{layout}")
     for c in candidates:
         p = source / c
-        if (kind == "file" and p.is_file()) or (kind == "dir" and p.is_dir()):
+        if kind == "file" and p.is_file():
+            # a label file linked out of the release would be read (and its lines quoted in errors)
+            return inside(source, c, where=str(p))
+        if kind == "dir" and p.is_dir():
             return p
     tried = ", ".join(str(source / c) for c in candidates)
     raise SourceLayoutError(f"{what} not found (tried {tried}); expected the official layout:\n{layout}")
@@ -187,6 +191,33 @@ def inside(root: Path, name: str, *, where: str | None = None) -> Path:
     return path
 
 
+def read_text(path: Path) -> str:
+    """A release's text file (label list, CSV) decoded as UTF-8 (a leading byte-order mark dropped,
+    line ends as read); bytes that are not UTF-8 raise :class:`SourceFormatError` naming ``file:line``
+    instead of a bare ``UnicodeDecodeError``. Callers check :func:`is_regular_file` first."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise SourceFormatError(f"{path}:{line}: not UTF-8 text (byte {data[e.start:e.start + 1]!r} at offset "
+                                f"{e.start}); save the file as UTF-8") from None
+
+
+def csv_records(reader, path: Path):
+    """Iterate a ``csv.reader`` over a release file, turning :class:`csv.Error` (a field over the
+    csv module's size limit, e.g. from an unclosed quote that swallows the rest of the file) into
+    :class:`SourceFormatError` naming ``file:line``."""
+    while True:
+        try:
+            rec = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise SourceFormatError(f"{path}:{reader.line_num}: not a well-formed CSV row ({e})") from None
+        yield rec
+
+
 def is_regular_file(path: Path) -> bool:
     """True for a regular file (symlinks followed). FIFOs, devices and sockets are False: opening a
     FIFO blocks forever, so callers skip such entries with a reason instead of reading them."""
@@ -200,6 +231,16 @@ class DuplicateImageError(SourceFormatError):
     """The same output image would be written twice (an image listed twice in the release)."""
 
 
+def _make_parent(dst: Path, where: str | None) -> None:
+    """``dst``'s folder, created; a file already written where a folder is needed (an image or a
+    ``.pts`` named like a folder of the release) is a :class:`DuplicateImageError`, not an OSError."""
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DuplicateImageError(f"{_where(where)}cannot write {dst}: a file of the output already has the name of "
+                                  f"one of its folders (a name listed both as a file and as a folder)") from None
+
+
 def place_image(src: Path, dst: Path, *, where: str | None = None) -> None:
     """Put the release's image file at ``dst`` unchanged: a hard link where the file system allows
     (no extra disk for 300k-image sets), else a copy. Image bytes are never re-encoded.
@@ -209,7 +250,7 @@ def place_image(src: Path, dst: Path, *, where: str | None = None) -> None:
     is made with ``O_EXCL`` semantics; the copy fallback opens ``dst`` with ``O_EXCL`` too)."""
     if not is_regular_file(src):
         raise SourceFormatError(f"{_where(where)}{src} is not a regular file (missing, a FIFO or a device)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(dst, where)
     if os.path.lexists(dst):
         raise DuplicateImageError(f"{_where(where)}{dst.name} is listed twice (output {dst} already written)")
     try:
@@ -224,10 +265,31 @@ def place_image(src: Path, dst: Path, *, where: str | None = None) -> None:
         shutil.copyfileobj(inp, out, 1 << 20)
 
 
-def save_pts(path: Path, points: np.ndarray) -> None:
-    """Write (68, 2) 0-based (x, y) landmarks next to an image as an iBUG ``.pts`` (index_base 0)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_pts(path, np.asarray(points, dtype=np.float64), index_base=0)
+def save_pts(path: Path, points: np.ndarray, *, where: str | None = None) -> None:
+    """Write (68, 2) 0-based (x, y) landmarks next to an image as an iBUG ``.pts`` (index_base 0).
+
+    ``path`` must not exist, as for :func:`place_image`: a release may list an image whose own name
+    ends in ``.pts`` (then ``path`` is that image, a hard link to the release's file, and writing
+    would edit the release) or two images sharing a stem (``a.jpg``, ``a.png``: the second's points
+    would replace the first's). Either is refused with a :class:`DuplicateImageError` naming ``where``."""
+    _make_parent(path, where)
+    if os.path.lexists(path):
+        raise DuplicateImageError(f"{_where(where)}{path.name} would be written twice (an image of that name, or "
+                                  f"another image with the same stem, is already at {path}); one name, one file")
+    tmp = path.with_name(f".{path.name}.tmp")
+    write_pts(tmp, np.asarray(points, dtype=np.float64), index_base=0)
+    try:
+        try:
+            os.link(tmp, path)  # fails if path appeared meanwhile: never replaces a file
+        except FileExistsError:
+            raise DuplicateImageError(f"{_where(where)}{path.name} would be written twice "
+                                      f"(already at {path})") from None
+        except OSError:  # no hard links here: exclusive create instead
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(tmp.read_bytes())
+    finally:
+        os.unlink(tmp)
 
 
 def check_splits(entry: Mapping, dataset: str, produced: Sequence[str]) -> None:

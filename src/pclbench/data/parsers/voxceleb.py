@@ -75,7 +75,7 @@ from ...io import atomic_dir
 from ..video import VideoConfig, VideoDecodeError, extract_clip, read_exclusion
 from . import PARSERS
 from .stage1 import (Progress, SourceFormatError, SourceLayoutError, UnsafePathError, inside, is_regular_file,
-                     make_row, place_image, safe_relpath, write_manifest, write_meta)
+                     make_row, place_image, safe_relpath, write_manifest, write_meta, csv_records)
 
 log = logging.getLogger("pclbench.data.parsers")
 
@@ -120,7 +120,7 @@ def read_meta(path: Path) -> dict[str, dict[str, str]]:
         raise SourceFormatError(f"{path}:1: empty; expected the header 'VoxCeleb1 ID<TAB>VGGFace1 ID<TAB>Gender"
                                 "<TAB>Nationality<TAB>Set'")
     delim = "\t" if "\t" in lines[0] else ","
-    rows = list(csv.reader(lines, delimiter=delim))
+    rows = list(csv_records(csv.reader(lines, delimiter=delim), path))  # csv.Error -> file:line
     keys = [_header_key(c) for c in rows[0]]
     col_id = next((i for i, k in enumerate(keys) if _ID_COLUMN.match(k)), None)
     col_name = next((i for i, k in enumerate(keys) if _NAME_COLUMN.match(k)), None)
