@@ -10,13 +10,13 @@ suite).
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import official_fixtures as fx
+from bounded import run_bounded
 from pclbench.data.parsers import SourceFormatError, SourceLayoutError, prepare_dataset
 from pclbench.data.parsers.stage1 import UnsafePathError
 
@@ -29,26 +29,6 @@ def entry(parser: str, splits: list[str]) -> dict:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def run_bounded(fn, timeout: float = 120.0):
-    """Run ``fn`` in a daemon thread; -> its result, or re-raise its exception. A run still blocked
-    after ``timeout`` (a FIFO opened for reading) fails the test instead of hanging it."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["result"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread
-            box["error"] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), "the parser blocked (it opened a FIFO?)"
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
 
 
 def unblock(fifo: Path) -> None:

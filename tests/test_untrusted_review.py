@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,8 @@ import pytest
 from PIL import Image
 
 import official_fixtures as fx
+from bounded import run_bounded
+from test_align_crops import _cfg_dict as align_cfg_dict
 from pclbench.config import from_dict
 from pclbench.data.align import AlignConfig, align_split, read_image
 from pclbench.data.landmarks import write_pts
@@ -41,32 +42,6 @@ def entry(parser: str, splits: list[str], **extra) -> dict:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def run_bounded(fn, fifos=(), timeout: float = 120.0):
-    """``fn()`` in a daemon thread: its result, or its exception re-raised; a run still blocked after
-    ``timeout`` (it opened a FIFO) fails the test after unblocking the FIFOs."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["result"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread
-            box["error"] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        for f in fifos:
-            try:
-                os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
-            except OSError:
-                pass
-        pytest.fail("blocked on a FIFO")
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -409,16 +384,7 @@ def test_voxceleb_meta_id_leaving_the_folder(tmp_path):
 
 
 def _align_cfg(**over) -> AlignConfig:
-    d = dict(
-        backend="groundtruth", backends={}, points="five", crop_scale=0.8, shift_y=0.0, max_failure_rate=1.0,
-        batch_size=3, chunk_size=4, parts=1, qc_samples=6, device="cpu", detectors={},
-        groundtruth=dict(index_base=0), dlib=dict(upsample=0),
-        face_alignment=dict(detector="sfd", flip_input=True, compile=False, box=[0.1, 0.1, 0.9, 0.9]),
-        crop="similarity", crops={}, box=dict(margin=[0.6, 0.6, 0.6, 0.6], shape="square"),
-        qc=dict(max_outside=0.5, min_scale=0.01, max_scale=8.0, max_padding=0.75),
-    )
-    d.update(over)
-    return from_dict(AlignConfig, d, "align")
+    return from_dict(AlignConfig, align_cfg_dict(**over), "align")
 
 
 def _face(scale: float = 30.0, centre=(150.0, 150.0)) -> np.ndarray:
@@ -451,6 +417,15 @@ def test_align_manifest_row_leaving_the_raw_folder_is_refused(tmp_path, bad):
     bad = bad.replace("/ABS", str(tmp_path))
     pd.DataFrame({"path": rels + [bad]}).to_csv(raw / "train.csv", index=False)
     with pytest.raises(UnsafePathError, match=rf"{raw / 'train.csv'}:4:"):
+        align_split(raw, "train", tmp_path / "out", _align_cfg(), size=32)
+    assert not (tmp_path / "out").exists()
+
+
+def test_align_non_utf8_manifest_is_a_format_error(tmp_path):
+    raw = tmp_path / "raw"
+    _raw(raw, 2)
+    (raw / "train.csv").write_bytes("path\nimg/caf\u00e9.png\n".encode("latin-1"))
+    with pytest.raises(SourceFormatError, match="not a readable UTF-8 manifest"):
         align_split(raw, "train", tmp_path / "out", _align_cfg(), size=32)
     assert not (tmp_path / "out").exists()
 

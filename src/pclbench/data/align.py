@@ -807,7 +807,12 @@ def _plan(raw_dir: Path, split: str, cfg: AlignConfig, size: int, dataset: str |
         raise FileNotFoundError(f"{manifest_path}: manifest of split {split!r} not found")
     # Read every cell as text so the shard's manifest.csv repeats the raw rows verbatim (no float
     # re-formatting, no "NA" -> NaN); readers parse both files the same way.
-    manifest = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
+    try:
+        manifest = pd.read_csv(manifest_path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except (UnicodeDecodeError, pd.errors.ParserError) as e:
+        from .parsers.stage1 import SourceFormatError
+
+        raise SourceFormatError(f"{manifest_path}: not a readable UTF-8 manifest CSV ({e})") from None
     if "path" not in manifest.columns:
         raise ValueError(f"{manifest_path}: no 'path' column (columns: {', '.join(map(str, manifest.columns))})")
     if len(manifest) == 0:
