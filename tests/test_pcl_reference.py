@@ -392,3 +392,68 @@ def test_entry_points_check_their_inputs():
         method.face_step_views(torch.rand(4, 3, 72, 72), torch.rand(4, 3, 72, 72), 1.0, None)
     with pytest.raises(ValueError, match="pfe_step_views"):
         method.pfe_step_views(torch.rand(4, 3, 64, 64), torch.rand(4, 3, 64, 64), torch.rand(4, 3, 64, 64))
+
+
+# --------------------------------------------------------------------------------------------- face loss
+
+
+def ref_face_loss(z1, z2, lam, perm):
+    """The face loss, anchor by anchor, in float64 (docs/method.md §2.5; DreamMr/PCL Models/exppose.py
+    ``neg_inter_info_nce_loss``): anchors are the 2B rows of [z1; z2]; row i's positive is the other view
+    of its image, its negatives are the other 2B - 2 rows in ascending order; negative slot j is mixed
+    as lam[i, j] n_j + (1 - lam[i, j]) n_perm(j) BEFORE normalisation; logits = cosines / T;
+    cross-entropy with target 0, mean over anchors."""
+    z = torch.cat([z1, z2])
+    n, b = z.shape[0], z1.shape[0]
+    lam = lam.double()  # the lambdas' values, exactly
+    losses = []
+    for i in range(n):
+        pair = (i + b) % n
+        negs = [z[j] for j in range(n) if j not in (i, pair)]
+        mixed = [lam[i, j] * negs[j] + (1 - lam[i, j]) * negs[int(perm[j])] for j in range(n - 2)]
+        q = unit(z[i])
+        logits = torch.stack([q @ unit(z[pair])] + [q @ unit(m) for m in mixed]) / T
+        losses.append(-(logits[0] - torch.logsumexp(logits, 0)))
+    return torch.stack(losses).mean()
+
+
+def test_face_loss_with_float32_draws_is_float64_accurate():
+    """FaceContrastiveLoss.draw makes float32 lambdas (sample_beta); on float64 features the loss and
+    its gradients must still equal the float64 reference to float64 rounding. A side-by-side run
+    against the authors' released code (their mixing is done on the float64 features themselves)
+    found the closed form squaring the float32 lambdas in float32: agreement only to ~1e-9."""
+    from pclbench.losses import FaceContrastiveLoss
+
+    g = torch.Generator().manual_seed(3)
+    b, d = 4, 6
+    z1 = torch.randn(b, d, generator=g, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(b, d, generator=g, dtype=torch.float64, requires_grad=True)
+    loss_fn = FaceContrastiveLoss(T, 1.6)
+    lam, perm = loss_fn.draw(b, g, "cpu")
+    assert lam.dtype == torch.float32 and not torch.equal(perm, torch.arange(2 * b - 2))
+    got = loss_fn(z1, z2, draws=(lam, perm))
+    got_grads = torch.autograd.grad(got, (z1, z2))
+    ref = ref_face_loss(z1, z2, lam, perm)
+    ref_grads = torch.autograd.grad(ref, (z1, z2))
+    torch.testing.assert_close(got, ref, **ROUNDING)
+    for a, r in zip(got_grads, ref_grads):
+        torch.testing.assert_close(a, r, **ROUNDING)
+
+
+def test_face_step_float32_draws_equal_float64_draws():
+    """The step-level consequence: a float64 PCL's face step with the float32 draws of face_loss.draw
+    equals the same step with those lambdas passed as float64 (same values), to float64 rounding."""
+    g = torch.Generator().manual_seed(4)
+    v1, v2 = (torch.rand(4, 3, 64, 64, generator=g, dtype=torch.float64) for _ in range(2))
+    out = []
+    for as64 in (False, True):
+        method = build(FAITHFUL)
+        lam, perm = method.face_loss.draw(4, torch.Generator().manual_seed(5), "cpu")
+        assert lam.dtype == torch.float32
+        loss, _ = method.face_step_views(v1, v2, 1.3, (lam.double() if as64 else lam, perm))
+        loss.backward()
+        out.append((loss.detach(), {n: q.grad for n, q in method.named_parameters() if q.grad is not None}))
+    (la, ga), (lb, gb) = out
+    torch.testing.assert_close(la, lb, **ROUNDING)
+    assert ga.keys() == gb.keys() and any(n.startswith("exp_fc.") for n in ga)
+    assert_grads_close(ga, gb)

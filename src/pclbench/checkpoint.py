@@ -31,8 +31,10 @@ that says so, :func:`load_encoder` reads their encoder (via :mod:`pclbench.offic
 """
 from __future__ import annotations
 
+import inspect
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -43,6 +45,56 @@ from torch import nn
 FORMAT = "pclbench-checkpoint/1"
 REQUIRED_KEYS = ("format", "method", "encoder", "encoder_state", "model", "optimizer", "scheduler",
                  "scaler", "extra", "rng", "epoch", "iteration", "finished", "config")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used; the one-line message names the file and the reason.
+
+    ``pclbench`` prints it without a traceback and exits 1 (cli.main). A ValueError, so callers that
+    caught the earlier ValueErrors still do.
+    """
+
+
+# torch's weights_only unpickler names what it refused in one of two forms (torch 2.x,
+# torch/_weights_only_unpickler.py): "Unsupported global: GLOBAL {full_path} was not an allowed global
+# by default." (any module outside the allow-list, e.g. fractions.Fraction) and "Trying to load
+# unsupported GLOBAL {full_path} whose module {module} is blocked." (os/posix, subprocess, ...).
+# torch/serialization.py _get_wo_message wraps either in a multi-line text whose first line never
+# names it and which advises weights_only=False; only the name is kept here.
+_BLOCKED_GLOBAL = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module \S+ is blocked)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# torch's boilerplate lines around the unpickler's own message (same file, _get_wo_message / UNSAFE_MESSAGE)
+_BOILERPLATE = ("Weights only load failed", "In PyTorch 2.6", "(1)", "(2)", "Check the documentation",
+                "Please file an issue")
+
+
+def describe_load_error(e: BaseException) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` failed, keeping the blocked global's name.
+
+    Only the global's dotted name (``posix.system``) is kept from torch's text, not its advice to
+    allow-list it or to load with ``weights_only=False``, which would run the file's code.
+    """
+    text = _ANSI.sub("", str(e))
+    m = _BLOCKED_GLOBAL.search(text)
+    if m:
+        return (f"refused by torch.load(weights_only=True): it references the global {m.group(1)!r}, "
+                f"which a checkpoint of plain tensors never needs (the file may run code when unpickled; "
+                f"it was not)")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(_BOILERPLATE)]
+    first = (useful or lines or [""])[0].removeprefix("WeightsUnpickler error: ")
+    return f"torch.load(weights_only=True) failed: {type(e).__name__}" + (f": {first}" if first else "")
+
+
+def safe_torch_load(path: Path | str, map_location: Any = "cpu", what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)``; any failure -> :class:`CheckpointError` (one line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError (a blocked global), or anything from a non-torch file
+        raise CheckpointError(f"{path}: {describe_load_error(e)}") from e
 
 
 def save_checkpoint(path: Path | str, state: Mapping[str, Any]) -> Path:
@@ -73,13 +125,12 @@ def _torch_load(path: Path, map_location: Any) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a non-torch file fails anywhere inside the unpickler (IndexError, ...)
-        raise ValueError(f"{path} is not a pclbench checkpoint (torch.load with weights_only=True "
-                         f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+        raise CheckpointError(f"{path} is not a pclbench checkpoint: {describe_load_error(e)}") from e
 
 
 def _check_state(path: Path, state: Any) -> dict:
     if not isinstance(state, dict):
-        raise ValueError(f"{path} is not a pclbench checkpoint: it holds a {type(state).__name__}, "
+        raise CheckpointError(f"{path} is not a pclbench checkpoint: it holds a {type(state).__name__}, "
                          f"expected a dict with format {FORMAT!r}")
     fmt = state.get("format")
     if fmt != FORMAT:
@@ -89,11 +140,11 @@ def _check_state(path: Path, state: Any) -> dict:
             hint = (" It looks like a checkpoint of the authors' code ({'epoch', 'state_dict'}); "
                     "convert it with `pclbench import-official SRC DST` (pclbench.official), "
                     "or read its encoder directly with load_encoder.")
-        raise ValueError(f"{path} is not a pclbench checkpoint: format is {fmt!r}, expected {FORMAT!r} "
+        raise CheckpointError(f"{path} is not a pclbench checkpoint: format is {fmt!r}, expected {FORMAT!r} "
                          f"(top-level keys: {keys}).{hint}")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
-        raise ValueError(f"{path}: pclbench checkpoint lacks key(s) {', '.join(missing)}")
+        raise CheckpointError(f"{path}: pclbench checkpoint lacks key(s) {', '.join(missing)}")
     return state
 
 
@@ -120,15 +171,49 @@ def load_encoder(path: Path | str, map_location: Any = "cpu") -> nn.Module:
         encoder = encoder_from_authors(split_authors_state(obj, str(path)), str(path))
     else:
         state = _check_state(path, obj)
-        spec = state["encoder"]
-        if not isinstance(spec, dict) or "name" not in spec or "kwargs" not in spec:
-            raise ValueError(f"{path}: 'encoder' must be a spec {{'name', 'kwargs'}}, got {spec!r}")
+        spec = check_encoder_spec(path, state["encoder"])
         encoder = build_encoder(spec["name"], **spec["kwargs"])
         encoder.load_state_dict(state["encoder_state"], strict=True)
     encoder.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
     encoder.eval()
     encoder.requires_grad_(False)
     return encoder
+
+
+def check_encoder_spec(path: Path | str, spec: Any) -> dict:
+    """The checkpoint's ``encoder`` spec, checked before anything is built (it is untrusted data).
+
+    A registered name, keyword arguments the encoder's constructor takes, and a size below
+    :data:`pclbench.models.encoders.MAX_ENCODER_PARAM_BYTES` computed in closed form from the spec
+    (:func:`pclbench.models.encoders.facecycle_param_count`): a spec asking for width 100000 fails
+    here instead of allocating terabytes. CheckpointError naming the file and the spec value.
+    """
+    from .models import ENCODERS
+    from .models.encoders import RESNET_WIDTH, ResNetEncoder, check_encoder_size
+
+    if not isinstance(spec, dict) or "name" not in spec or not isinstance(spec.get("kwargs"), dict):
+        raise CheckpointError(f"{path}: 'encoder' must be a spec {{'name': str, 'kwargs': dict}}, got {spec!r:.200}")
+    name, kwargs = spec["name"], spec["kwargs"]
+    if not isinstance(name, str) or name not in ENCODERS:
+        raise CheckpointError(f"{path}: encoder spec names {name!r:.80}, not a registered encoder "
+                              f"({', '.join(ENCODERS.names())})")
+    cls = ENCODERS.get(name)
+    accepted = set(inspect.signature(cls).parameters)
+    unknown = sorted(map(str, set(kwargs) - accepted))
+    if unknown:
+        raise CheckpointError(f"{path}: encoder spec {name!r} has argument(s) {', '.join(unknown)} that the "
+                              f"encoder does not take (it takes {', '.join(sorted(accepted))})")
+    width = kwargs.get("width")
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise CheckpointError(f"{path}: encoder spec width must be a positive integer, got {width!r:.80}")
+    if isinstance(cls, type) and issubclass(cls, ResNetEncoder) and width != RESNET_WIDTH:
+        raise CheckpointError(f"{path}: encoder spec {name!r} has width {width}; torchvision's ResNets have the "
+                              f"fixed base width {RESNET_WIDTH}")
+    try:
+        check_encoder_size(name, width, f"{path}: encoder spec")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    return spec
 
 
 # --- RNG states as tensors (weights_only-safe) -------------------------------------------------

@@ -18,11 +18,17 @@ from typing import Any, Sequence
 
 import yaml
 
-from .config import DEFAULT_CONFIG, ConfigError, deep_merge
+from .config import DEFAULT_CONFIG, YTE_KEY, ConfigError, check_config_values, deep_merge
 
 
 def load_config(files: Sequence[str | Path] = (), params: str | None = None) -> dict:
-    """Merge config files (default: config/config.yaml) and a JSON overlay; validate the result."""
+    """Merge config files (default: config/config.yaml) and a JSON overlay; validate the result.
+
+    Refused with a :class:`ConfigError` before the schema: a file holding ``__use_yte__`` (Snakemake
+    would render it as a YTE template, evaluating Python in it; snakemake PR #2269), and, anywhere in
+    the merged result, NaN / infinities and shell syntax in ``paths.*``
+    (:func:`pclbench.config.check_config_values`).
+    """
     from .schema import validate_config
 
     cfg: dict[str, Any] = {}
@@ -36,6 +42,9 @@ def load_config(files: Sequence[str | Path] = (), params: str | None = None) -> 
             data = yaml.safe_load(fh) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        if YTE_KEY in data:
+            raise ConfigError(f"config file {path}: top-level key {YTE_KEY} asks for YTE templating, which "
+                              f"evaluates Python expressions; pclbench refuses templated configs (plain YAML only)")
         cfg = deep_merge(cfg, data)
     if params is not None:
         try:
@@ -43,6 +52,7 @@ def load_config(files: Sequence[str | Path] = (), params: str | None = None) -> 
         except json.JSONDecodeError as e:
             raise ConfigError(f"--params is not valid JSON: {e}") from None
         cfg = deep_merge(cfg, overlay)
+    check_config_values(cfg)
     # Only a full file-based config must hold every section; a rule's --params holds its own.
     validate_config(cfg, partial=not files)
     return cfg
@@ -330,12 +340,16 @@ def cmd_figures(args) -> int:
 
 def cmd_import_official(args) -> int:
     """Authors' best.pth -> pclbench checkpoint (docs/method.md §1.8, 2.9; see pclbench.official)."""
+    from .checkpoint import CheckpointError
     from .official import import_official
 
     cfg = load_config(args.config, args.params)
     if "model" not in cfg:
         raise ConfigError("import-official needs the config section 'model' (projection sizes)")
-    record = import_official(Path(args.src), Path(args.dst), cfg)
+    try:
+        record = import_official(Path(args.src), Path(args.dst), cfg)
+    except ValueError as e:  # refused by torch (CheckpointError) or not the authors' layout: a message
+        raise CheckpointError(f"import-official: {e}") from e
     logging.info("imported %s (epoch %s, sha256 %s) -> %s", args.src, record["epoch"], record["sha256"][:12],
                  args.dst)
     for note in record["notes"]:
@@ -487,3 +501,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"pclbench: config error: {e}", file=sys.stderr)
         return 2
+    except ValueError as e:
+        # A CheckpointError (an unusable checkpoint file: refused by torch.load(weights_only=True), not
+        # a pclbench checkpoint, an oversized encoder spec) is a message, not a traceback. Looked up in
+        # sys.modules so that commands that never load a checkpoint never import torch for this.
+        ck = sys.modules.get("pclbench.checkpoint")
+        if ck is None or not isinstance(e, ck.CheckpointError):
+            raise
+        print(f"pclbench: checkpoint error: {e}", file=sys.stderr)
+        return 1

@@ -6,9 +6,13 @@ missing or misspelt key fails loudly, naming the full key path (``pretrain.optim
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import copy
 import dataclasses
+import math
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Type, TypeVar
 
@@ -17,8 +21,32 @@ import yaml
 C = TypeVar("C")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
+# True when the package runs from the repository's src/ layout (editable install, PYTHONPATH=src);
+# False for an installed wheel, where parents[2] is merely some folder above site-packages.
+IN_REPOSITORY = Path(__file__).resolve().parent.parent.name == "src" and (REPO_ROOT / "Snakefile").is_file()
+_EXTRACTED = contextlib.ExitStack()  # resources extracted from a zip import live until exit
+atexit.register(_EXTRACTED.close)
+
+
+def resource_path(relpath: str) -> Path:
+    """A repository file the package reads at run time (``"workflow/schemas/config.schema.yaml"``).
+
+    The repository copy is the single source (Snakemake reads it there); a wheel carries it as package
+    data under ``pclbench/_data/<relpath>`` (setup.py's ``build_py`` copies it), read through
+    ``importlib.resources.files`` / ``as_file`` (Python docs, library/importlib.resources: ``as_file``
+    returns the path itself for a file on disk and a temporary copy for e.g. a zip import).
+    A missing file is not an error here: the caller's ``open`` names the path.
+    """
+    if IN_REPOSITORY:
+        return REPO_ROOT / relpath
+    packaged = resources.files(__package__).joinpath("_data", *relpath.split("/"))
+    if isinstance(packaged, Path) or not packaged.is_file():
+        return Path(str(packaged))
+    return _EXTRACTED.enter_context(resources.as_file(packaged))
+
+
+SCHEMA_PATH = resource_path("workflow/schemas/config.schema.yaml")
+DEFAULT_CONFIG = resource_path("config/config.yaml")
 
 
 class ConfigError(ValueError):
@@ -114,3 +142,45 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict:
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+# --- values no schema keyword refuses (issue 11 D1, D5) ----------------------------------------------
+
+# Characters a ``paths.*`` value may not hold: the shell's command substitution / expansion (``$``,
+# backtick), command separators and redirections (``; | & < >``), and line breaks / NUL. The rules
+# quote every value (``{x:q}``, shlex.quote: snakemake/utils.py QuotedFormatter), so this is the
+# second line of defence; the schema says the same with ``not: {pattern: ...}``.
+UNSAFE_PATH_CHARS = "$`;|&<>\n\r\x00"
+# Snakemake renders a config file holding ``__use_yte__: true`` with the YTE template engine, which
+# evaluates Python expressions in it (snakemake PR #2269; snakemake/common/configfile.py calls
+# ``yte.process_yaml(f, require_use_yte=True)``). pclbench never does, and refuses such files.
+YTE_KEY = "__use_yte__"
+
+
+def check_config_values(cfg: Any, where: str = "") -> None:
+    """Refuse what the JSON schema lets through: NaN / +-inf anywhere, unsafe ``paths.*`` characters.
+
+    YAML's ``.nan`` / ``.inf`` / ``-.inf`` and JSON's ``NaN`` / ``Infinity`` (both accepted by Python's
+    ``yaml`` and ``json``) parse to floats, which jsonschema's ``type: number`` accepts, and every
+    ``minimum`` comparison with NaN is False, so a range check passes too. One recursive walk here
+    covers every key, list elements included; the error names the key path (``probe.grid[1]``).
+    """
+    if isinstance(cfg, float) and not math.isfinite(cfg):
+        raise ConfigError(f"config error at {where or '<root>'}: {cfg!r} is not a finite number "
+                          f"(NaN and infinities are refused)")
+    if isinstance(cfg, Mapping):
+        if not where and YTE_KEY in cfg:
+            raise ConfigError(f"config error at {YTE_KEY}: YTE-templated configs are refused (Snakemake "
+                              f"would evaluate Python expressions in them); write plain YAML values")
+        for k, v in cfg.items():
+            check_config_values(v, f"{where}.{k}" if where else str(k))
+        paths = cfg.get("paths") if not where else None
+        if isinstance(paths, Mapping):
+            for k, v in paths.items():
+                bad = sorted({c for c in v if c in UNSAFE_PATH_CHARS}) if isinstance(v, str) else []
+                if bad:
+                    raise ConfigError(f"config error at paths.{k}: {v!r} holds {', '.join(map(repr, bad))}; "
+                                      f"a path may not contain any of {UNSAFE_PATH_CHARS!r} (shell syntax)")
+    elif isinstance(cfg, (list, tuple)):
+        for i, v in enumerate(cfg):
+            check_config_values(v, f"{where}[{i}]")

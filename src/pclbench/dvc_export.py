@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Sequence
 
@@ -104,7 +105,9 @@ def dvc_document(jobs: list[dict], params_file: str = "config/config.yaml") -> d
     for job in jobs:
         stage = {
             # targets before --allowed-rules: that option takes several values and would swallow them
-            "cmd": "snakemake " + " ".join(job["output"]) + f" --cores all --allowed-rules {job['rule']}",
+            # DVC runs cmd through a shell: quote every path (shlex.join; a plain join split a path
+            # with a space into two targets)
+            "cmd": shlex.join(["snakemake", *job["output"], "--cores", "all", "--allowed-rules", job["rule"]]),
             "deps": job["input"] + ["src/pclbench"],
         }
         if job["sections"]:

@@ -217,9 +217,16 @@ def map_projection_state(part: Mapping[str, Tensor]) -> dict[str, Tensor] | None
 
 
 def read_authors_file(path: Path | str) -> tuple[AuthorsCheckpoint, dict]:
-    """``torch.load(weights_only=True)`` an authors' file (a dict of tensors + int epoch)."""
+    """``torch.load(weights_only=True)`` an authors' file (a dict of tensors + int epoch).
+
+    A file torch refuses (e.g. one whose pickle references ``os.system``) raises
+    :class:`pclbench.checkpoint.CheckpointError` with one line naming the blocked global
+    (:func:`pclbench.checkpoint.safe_torch_load`), not torch's raw UnpicklingError.
+    """
+    from .checkpoint import safe_torch_load
+
     path = Path(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = safe_torch_load(path, "cpu", what="authors' checkpoint")
     if not is_authors_checkpoint(obj):
         raise ValueError(f"{path} is not a checkpoint of the authors' PCL code (expected "
                          f"{{'epoch', 'state_dict': {{'module.encoder.*', ...}}}}, docs/method.md §2.9)")

@@ -1,5 +1,8 @@
 """Validate a config dict against ``workflow/schemas/config.schema.yaml``.
 
+The schema is read from the repository, or from the package data of an installed wheel
+(:func:`pclbench.config.resource_path`).
+
 The Snakefile validates with ``snakemake.utils.validate`` (same schema file); the CLI uses this so a
 stage run by hand gets the same checks. Errors name the offending key path, e.g.
 ``config error at pretrain.lr: -1 is less than the minimum of 0``.
@@ -18,8 +21,12 @@ from .config import SCHEMA_PATH, ConfigError
 
 @lru_cache(maxsize=1)
 def load_schema() -> dict:
-    with open(SCHEMA_PATH) as fh:
-        return yaml.safe_load(fh)
+    try:
+        with open(SCHEMA_PATH) as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError:  # a wheel built without setup.py's build_py hook
+        raise ConfigError(f"config schema {SCHEMA_PATH} not found: a checkout has it in workflow/schemas/, "
+                          "an installed pclbench under pclbench/_data/workflow/schemas/") from None
 
 
 def validate_config(cfg: dict[str, Any], partial: bool = False) -> None:

@@ -33,12 +33,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from .config import ConfigError, from_dict
+from .config import ConfigError, from_dict, resource_path
 
 NOT_RUN = "not run"
 UNDEFINED = "n/a"
 NO_VALUE = "—"  # a published-only row has no reproduced value (and vice versa): not a number, not "not run"
-PUBLISHED_SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "published_results.schema.yaml"
+PUBLISHED_SCHEMA = resource_path("workflow/schemas/published_results.schema.yaml")  # repo copy, else package data
 
 # Header text of the metric keys of the probe contract (units are part of the key).
 METRIC_LABELS = {

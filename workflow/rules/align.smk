@@ -21,8 +21,8 @@ if ALIGN_PARTS == 1:
             f"{LOGS}/align/{{dataset}}/{{split}}.log",
         threads: 2
         shell:
-            "{PCLBENCH} align --params {params.cfg:q} --raw {input} --dataset {wildcards.dataset} "
-            "--split {wildcards.split} --workers {threads} --out {output} > {log} 2>&1"
+            "{PCLBENCH:q} align --params {params.cfg:q} --raw {input:q} --dataset {wildcards.dataset:q} "
+            "--split {wildcards.split:q} --workers {threads:q} --out {output:q} > {log:q} 2>&1"
 
 else:
 
@@ -41,9 +41,9 @@ else:
             f"{LOGS}/align/{{dataset}}/{{split}}.part-{{part}}.log",
         threads: 2
         shell:
-            "{PCLBENCH} align --params {params.cfg:q} --raw {input} --dataset {wildcards.dataset} "
-            "--split {wildcards.split} --workers {threads} --out {params.out} --part {wildcards.part} "
-            "--parts {ALIGN_PARTS} --done {output} > {log} 2>&1"
+            "{PCLBENCH:q} align --params {params.cfg:q} --raw {input:q} --dataset {wildcards.dataset:q} "
+            "--split {wildcards.split:q} --workers {threads:q} --out {params.out:q} --part {wildcards.part:q} "
+            "--parts {ALIGN_PARTS:q} --done {output:q} > {log:q} 2>&1"
 
     rule align_merge:
         """Gather: every chunk of the split -> uint8 shard + manifest + QC report."""
@@ -59,5 +59,5 @@ else:
         log:
             f"{LOGS}/align/{{dataset}}/{{split}}.merge.log",
         shell:
-            "{PCLBENCH} align --params {params.cfg:q} --raw {input.raw} --dataset {wildcards.dataset} "
-            "--split {wildcards.split} --merge --out {output} > {log} 2>&1"
+            "{PCLBENCH:q} align --params {params.cfg:q} --raw {input.raw:q} --dataset {wildcards.dataset:q} "
+            "--split {wildcards.split:q} --merge --out {output:q} > {log:q} 2>&1"

@@ -8,15 +8,25 @@ import yaml
 
 from snakemake.utils import validate
 
-from pclbench.config import deep_merge
+from pclbench.config import check_config_values, deep_merge
 from pclbench.data.acquire import missing_manual_files
 from pclbench.data.parsers import PARSER_SECTIONS
 
 
+# NaN / +-inf (which jsonschema's `type: number` accepts) and shell syntax in paths.* are refused first,
+# with the key path; then the schema. A config using Snakemake's YTE templating (`__use_yte__: true`)
+# has already been evaluated by Snakemake when this runs: README "Configuration" says not to use it.
+check_config_values(config)
 validate(config, schema="../schemas/config.schema.yaml")
 
 # The interpreter running Snakemake has pclbench installed (make run / make test set this up).
-PCLBENCH = f'"{sys.executable}" -m pclbench'
+# Shell quoting: every substitution in a `shell:` directive carries Snakemake's `:q` format spec
+# (shlex.quote each value, each element of a list: snakemake/utils.py QuotedFormatter and
+# SequenceFormatter; Snakemake docs "Rules > Shell commands"), so a config value with a space or
+# shell syntax stays one argument; tests/test_hostile_config.py fails on an unquoted one. Lists
+# like this one expand to one quoted word per element.
+PCLBENCH = [sys.executable, "-m", "pclbench"]
+PCLBENCH_LAUNCH = [sys.executable, "-m", "pclbench.launch"]
 
 SOURCES = config["paths"]["sources"]
 RAW = config["paths"]["raw"]

@@ -21,8 +21,8 @@ rule generate:
         f"{LOGS}/generate/{{dataset}}.log",
     threads: 2
     shell:
-        "{PCLBENCH} generate --params {params.cfg:q} --dataset {wildcards.dataset} "
-        "--out {output} --workers {threads} > {log} 2>&1"
+        "{PCLBENCH:q} generate --params {params.cfg:q} --dataset {wildcards.dataset:q} "
+        "--out {output:q} --workers {threads:q} > {log:q} 2>&1"
 
 
 rule acquire:
@@ -44,8 +44,8 @@ rule acquire:
         f"{LOGS}/acquire/{{dataset}}.log",
     # On failure Snakemake prints this log on the console: the instructive message is seen, not buried.
     shell:
-        "{PCLBENCH} acquire --params {params.cfg:q} --download {DOWNLOAD_JSON:q} --dataset {wildcards.dataset} "
-        "--sources {SOURCES} --receipt {output} > {log} 2>&1"
+        "{PCLBENCH:q} acquire --params {params.cfg:q} --download {DOWNLOAD_JSON:q} --dataset {wildcards.dataset:q} "
+        "--sources {SOURCES:q} --receipt {output:q} > {log:q} 2>&1"
 
 
 rule prepare:
@@ -61,8 +61,8 @@ rule prepare:
     log:
         f"{LOGS}/prepare/{{dataset}}.log",
     shell:
-        "{PCLBENCH} prepare --params {params.cfg:q} --dataset {wildcards.dataset} "
-        "--source {SOURCES}/{wildcards.dataset} --out {output} > {log} 2>&1"
+        "{PCLBENCH:q} prepare --params {params.cfg:q} --dataset {wildcards.dataset:q} "
+        "--source {SOURCES:q}/{wildcards.dataset:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule contact_sheet:
@@ -74,4 +74,4 @@ rule contact_sheet:
     log:
         f"{LOGS}/contact_sheet/{{dataset}}.log",
     shell:
-        "{PCLBENCH} contact-sheet --data {input} --out {output} > {log} 2>&1"
+        "{PCLBENCH:q} contact-sheet --data {input:q} --out {output:q} > {log:q} 2>&1"

@@ -13,8 +13,8 @@ rule extract:
         f"{LOGS}/extract/{{method}}/{{dataset}}/{{split}}.log",
     threads: 1
     shell:
-        "{PCLBENCH} extract --params {params.cfg:q} --checkpoint {input.checkpoint} "
-        "--data {input.data} --out {output} > {log} 2>&1"
+        "{PCLBENCH:q} extract --params {params.cfg:q} --checkpoint {input.checkpoint:q} "
+        "--data {input.data:q} --out {output:q} > {log:q} 2>&1"
 
 
 def probe_params(wildcards):
@@ -41,6 +41,6 @@ rule probe:
         f"{LOGS}/probe/{{method}}/{{benchmark}}.log",
     threads: 1
     shell:
-        "{PCLBENCH} probe --params {params.cfg:q} --benchmark {wildcards.benchmark} --method {wildcards.method} "
-        "--features-root {params.features_root} --aligned-root {ALIGNED} --raw-root {RAW} "
-        "--checkpoint {input.checkpoint} --out {output} > {log} 2>&1"
+        "{PCLBENCH:q} probe --params {params.cfg:q} --benchmark {wildcards.benchmark:q} --method {wildcards.method:q} "
+        "--features-root {params.features_root:q} --aligned-root {ALIGNED:q} --raw-root {RAW:q} "
+        "--checkpoint {input.checkpoint:q} --out {output:q} > {log:q} 2>&1"

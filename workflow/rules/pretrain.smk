@@ -44,6 +44,6 @@ rule pretrain:
         gpu=0,
         nodes=1,
     shell:
-        "{PCLBENCH}.launch --gpus {resources.gpu} --nodes {resources.nodes} -- "
-        "pretrain --params {params.cfg:q} --method {params.method} --data {input} "
-        "--out {params.outdir} >> {log} 2>&1"
+        "{PCLBENCH_LAUNCH:q} --gpus {resources.gpu:q} --nodes {resources.nodes:q} -- "
+        "pretrain --params {params.cfg:q} --method {params.method:q} --data {input:q} "
+        "--out {params.outdir:q} >> {log:q} 2>&1"

@@ -4,8 +4,6 @@
 #   snakemake --report results/report.html         one self-contained HTML page with all of them
 # Outputs marked report(...) go into the report, grouped by category (Tables / Figures) and
 # subcategory (task or figure kind); captions are in workflow/report/.
-import shlex
-
 from pclbench.tables import table_names
 
 report: "../report/workflow.rst"
@@ -14,7 +12,8 @@ report: "../report/workflow.rst"
 REPORT_TASKS = list(dict.fromkeys(BENCH[b]["task"] for b in BENCHMARKS))
 TABLES_DIR = f"{RESULTS}/tables"
 FIGURES_DIR = f"{RESULTS}/figures"
-NOT_RUN_ARGS = " ".join(f"--not-run {shlex.quote(f'{b}={why}')}" for b, why in NOT_RUN.items())
+# a list of words: `{params.not_run:q}` quotes each one (a reason holds spaces and parentheses)
+NOT_RUN_ARGS = [word for b, why in NOT_RUN.items() for word in ("--not-run", f"{b}={why}")]
 
 
 def _in_workflow(path):
@@ -85,8 +84,8 @@ rule tables:
     log:
         f"{LOGS}/tables.log",
     shell:
-        "{PCLBENCH} tables --params {params.cfg:q} --out {params.outdir} --published {input.published:q} "
-        "--metrics-json {output.metrics} {params.not_run} {input.probes} > {log} 2>&1"
+        "{PCLBENCH:q} tables --params {params.cfg:q} --out {params.outdir:q} --published {input.published:q} "
+        "--metrics-json {output.metrics:q} {params.not_run:q} {input.probes:q} > {log:q} 2>&1"
 
 
 rule figure_bars:
@@ -99,13 +98,13 @@ rule figure_bars:
         cfg=params_json("figures", "tables", "workflow", "benchmarks"),
         outdir=FIGURES_DIR,
         not_run=NOT_RUN_ARGS,
-        tasks=" ".join(REPORT_TASKS),
+        tasks=REPORT_TASKS,
     log:
         f"{LOGS}/figures/bars.log",
     shell:
         # the probe JSONs come right after the kind: argparse then reads them as positionals
-        "{PCLBENCH} figures --params {params.cfg:q} bars {input} --out {params.outdir} --tasks {params.tasks} "
-        "{params.not_run} > {log} 2>&1"
+        "{PCLBENCH:q} figures --params {params.cfg:q} bars {input:q} --out {params.outdir:q} --tasks {params.tasks:q} "
+        "{params.not_run:q} > {log:q} 2>&1"
 
 
 rule figure_curves:
@@ -119,8 +118,8 @@ rule figure_curves:
     log:
         f"{LOGS}/figures/curves_{{method}}.log",
     shell:
-        "{PCLBENCH} figures --params {params.cfg:q} curves --method {wildcards.method} --metrics {input} "
-        "--out {output} > {log} 2>&1"
+        "{PCLBENCH:q} figures --params {params.cfg:q} curves --method {wildcards.method:q} --metrics {input:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule figure_swap_grid:
@@ -137,8 +136,8 @@ rule figure_swap_grid:
     log:
         f"{LOGS}/figures/swap_grid_{{method}}.log",
     shell:
-        "{PCLBENCH} figures --params {params.cfg:q} swap-grid --method {wildcards.method} "
-        "--pretrain-dir {params.pretrain_dir} --out {output} > {log} 2>&1"
+        "{PCLBENCH:q} figures --params {params.cfg:q} swap-grid --method {wildcards.method:q} "
+        "--pretrain-dir {params.pretrain_dir:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule figure_embedding:
@@ -153,5 +152,5 @@ rule figure_embedding:
     log:
         f"{LOGS}/figures/embedding_{{method}}.log",
     shell:
-        "{PCLBENCH} figures --params {params.cfg:q} embedding --method {wildcards.method} "
-        "--features {input.features} --manifest {input.aligned}/manifest.csv --out {output} > {log} 2>&1"
+        "{PCLBENCH:q} figures --params {params.cfg:q} embedding --method {wildcards.method:q} "
+        "--features {input.features:q} --manifest {input.aligned:q}/manifest.csv --out {output:q} > {log:q} 2>&1"

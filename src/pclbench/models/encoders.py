@@ -75,6 +75,39 @@ def _head(channels: int) -> nn.Sequential:
     return nn.Sequential(_conv3x3(channels, channels), _lrelu(), _conv3x3(channels, channels), _lrelu())
 
 
+# Largest encoder a checkpoint spec (or model.width) may ask for: 4 GiB of fp32 parameters (about
+# 1.07e9 parameters; FaceCycle width 1337). The paper's width 64 needs 9.4 MiB. A crafted checkpoint
+# spec is untrusted: its width is checked in closed form before any module is allocated (issue 11 D7).
+MAX_ENCODER_PARAM_BYTES = 4 * 2**30
+
+
+def facecycle_param_count(width: int) -> int:
+    """Parameters of ``FaceCycleEncoder(width)`` in closed form, from the layer shapes of 1.1-1.3.
+
+    Per stage (w = width; a k x k conv c_in -> c_out with bias has k*k*c_in*c_out + c_out):
+    conv1 7x7 3->w + 3x3 w->w: 9w^2 + 149w; layer1 two 3x3 w->w + attention (three 1x1 w->w):
+    21w^2 + 5w; layer2_1 3x3 w->2w, attention 2w, 3x3 2w->2w: 66w^2 + 10w; two residual blocks of two
+    3x3 2w->2w: 144w^2 + 8w; layer2_2: 72w^2 + 4w; layer3_1 3x3 2w->4w, 3x3 4w->2w: 144w^2 + 6w;
+    two heads of two 3x3 2w->2w: 144w^2 + 8w. Total 600w^2 + 190w (width 64: 2,469,760 = the trunk's
+    1,879,424 + 2 x 295,168 of docs/method.md §1.7; tests/test_hostile_config.py checks it against
+    the built module at several widths).
+    """
+    return 600 * width * width + 190 * width
+
+
+def check_encoder_size(name: str, width: int, where: str = "encoder spec") -> None:
+    """ValueError naming the width when the encoder's fp32 parameters would exceed
+    :data:`MAX_ENCODER_PARAM_BYTES`; computed from the spec alone, nothing is allocated."""
+    if name != "facecycle" or isinstance(width, bool) or not isinstance(width, int):
+        return  # the ResNets have a fixed width (checked by their constructor before building)
+    n_bytes = 4 * facecycle_param_count(width)
+    if n_bytes > MAX_ENCODER_PARAM_BYTES:
+        raise ValueError(f"{where}: encoder {name!r} with width {width} would hold "
+                         f"{facecycle_param_count(width):,} parameters ({n_bytes / 2**30:,.1f} GiB in fp32), above "
+                         f"the limit of {MAX_ENCODER_PARAM_BYTES / 2**30:g} GiB "
+                         f"(pclbench.models.encoders.MAX_ENCODER_PARAM_BYTES); refused before building it")
+
+
 def _down_size(size: int, n: int) -> int:
     """Spatial size after ``n`` stride-2 convs with 'same' padding (7x7 p3 and 3x3 p1 alike)."""
     for _ in range(n):
@@ -134,6 +167,7 @@ class FaceCycleEncoder(TrunkHeadsEncoder):
         super().__init__()
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"FaceCycleEncoder: width must be a positive integer, got {width!r}")
+        check_encoder_size("facecycle", width, "FaceCycleEncoder")
         w = width
         self.width = w
         self.out_channels = 2 * w
