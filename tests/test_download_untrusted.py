@@ -1,8 +1,8 @@
 """Downloads from untrusted mirrors in the lock-file mode (no published checksum; 300W-LP, AFLW2000-3D).
 
-Issue 10, item B: a first download must never record an HTML error page, a body shorter than
+A first download must never record an HTML error page, a body shorter than
 announced, or a splice of two versions of the file; an archive must open before it is recorded; a bad
-recorded entry is recoverable; one file has an overall deadline. Issue 11, D.6: such failures are
+recorded entry is recoverable; one file has an overall deadline. Such failures are
 one-line errors of `pclbench acquire`, not tracebacks.
 
 The HTTP behaviour the local server (tests/local_http.py) plays is that of RFC 9110 (If-Range 13.1.5,

@@ -1,4 +1,4 @@
-"""Release-format facts re-established from public readers of each release (factcheck, issue 10 follow-up).
+"""Release-format facts re-established from public readers of each release.
 
 Every fixture here is written the way the cited public code READS the release, independently of
 tests/official_fixtures.py; expected values are computed by the cited rule, not by the parser.

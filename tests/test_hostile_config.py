@@ -1,4 +1,4 @@
-"""Hostile configs and checkpoints (issue 11 D1, D5, D6, D7): refused with a message, never executed.
+"""Hostile configs and checkpoints: refused with a message, never executed.
 
 External facts the tests rely on:
 - Snakemake's ``shell:`` substitutions are shell-quoted only with the ``:q`` format spec

@@ -1,4 +1,4 @@
-"""Packaging (issue 11, C.1/C.2): a wheel works outside the repository; metadata is complete.
+"""Packaging: a wheel works outside the repository; metadata is complete.
 
 Facts relied on:
 - PEP 639 / setuptools >= 77 (changelog v77.0.0): ``license = "MIT"`` becomes core metadata

@@ -1,4 +1,4 @@
-"""File names read from a release are untrusted (issue 10 B): they never read or write outside the
+"""File names read from a release are untrusted: they never read or write outside the
 release and the output folder, a refusal names file and line, and nothing already produced is lost.
 
 The attacks are written into releases in their official formats (tests/official_fixtures.py): a

@@ -1,4 +1,4 @@
-"""Red-team review of issue 10 B (a placed dataset is untrusted input), parser by parser and through
+"""Attacks on the rule that a placed dataset is untrusted input, parser by parser and through
 ``pclbench prepare`` / ``align``.
 
 Every release is written in its official format (tests/official_fixtures.py), then one file or one

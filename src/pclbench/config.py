@@ -144,7 +144,7 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict:
     return out
 
 
-# --- values no schema keyword refuses (issue 11 D1, D5) ----------------------------------------------
+# --- values no schema keyword refuses ----------------------------------------------
 
 # Characters a ``paths.*`` value may not hold: the shell's command substitution / expansion (``$``,
 # backtick), command separators and redirections (``; | & < >``), and line breaks / NUL. The rules

@@ -15,7 +15,7 @@ in docs/architecture.md and workflow/schemas/config.schema.yaml) says how:
 Either way a receipt JSON (files, sizes, digests, time) is written atomically; it is the workflow's
 output of rule ``acquire`` and the input of rule ``prepare`` (the parser).
 
-Errors are messages (issue 11, D.6): everything that can go wrong with downloaded bytes or the folders
+Errors are messages: everything that can go wrong with downloaded bytes or the folders
 they go to is raised as :class:`pclbench.data.download.DownloadError`,
 :class:`pclbench.data.archive.UnsafeArchive` (``CorruptArchive`` for truncated / damaged archives:
 ``EOFError``, ``BadZipFile``) or :class:`DatasetNotFound`, which the CLI prints as one line; a file in

@@ -4,9 +4,9 @@ Issue 5, "Dataset registry and acquisition": downloads are resumable (HTTP Range
 exponential backoff, tried mirror after mirror, shown with a progress bar (bytes and rate), and
 verified (sha256 / md5 and size) *before* the file is renamed into place; where the source publishes
 no checksum, the first download records one in a lock file that the user commits, and every later
-download must match it. Issue 10 (review of the lock-file mode, used by 300W-LP and AFLW2000-3D): a
-first download must never record an HTML error page, a body shorter than announced or a splice of
-two versions of the file, and an archive must open before it is recorded.
+download must match it. In that lock-file mode (300W-LP, AFLW2000-3D) a first download must never
+record an HTML error page, a body shorter than announced or a splice of two versions of the file,
+and an archive must open before it is recorded.
 
 How one file is fetched (:func:`fetch`):
 

@@ -77,7 +77,7 @@ def _head(channels: int) -> nn.Sequential:
 
 # Largest encoder a checkpoint spec (or model.width) may ask for: 4 GiB of fp32 parameters (about
 # 1.07e9 parameters; FaceCycle width 1337). The paper's width 64 needs 9.4 MiB. A crafted checkpoint
-# spec is untrusted: its width is checked in closed form before any module is allocated (issue 11 D7).
+# spec is untrusted: its width is checked in closed form before any module is allocated.
 MAX_ENCODER_PARAM_BYTES = 4 * 2**30
 
 
