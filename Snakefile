@@ -23,3 +23,15 @@ rule all:
     input:
         all_targets(),
     default_target: True
+
+
+# Tables, figures and contact sheets take seconds of CPU on small files: on a cluster they run on the
+# submitting node instead of waiting in the queue (Snakemake docs, "Rules > Local rules").
+localrules:
+    all,
+    tables,
+    figure_bars,
+    figure_curves,
+    figure_swap_grid,
+    figure_embedding,
+    contact_sheet,

@@ -131,7 +131,11 @@ def test_tiny_workflow_through_slurm(tmp_path, slurm_cluster):
     # Every workflow job went through sbatch; the plugin names each log .snakemake/slurm_logs/rule_<rule>/...
     submitted = {jobid: re.search(r"slurm_logs/rule_([^/]+)/", log).group(1) for jobid, log in SUBMITTED.findall(out)}
     rules = set(submitted.values())
-    assert {"generate", "align", "pretrain", "extract", "probe", "tables"} <= rules, rules
+    assert {"generate", "align", "pretrain", "extract", "probe"} <= rules, rules
+    # Tables, figures and contact sheets are `localrules` (Snakefile): run on the submitting node.
+    local_rules = {"tables", "figure_bars", "figure_curves", "figure_swap_grid", "figure_embedding", "contact_sheet"}
+    assert not rules & local_rules, rules & local_rules
+    assert re.search(r"^localrule tables:", out, flags=re.M), "tables did not run as a local rule"
     n_local = len(re.findall(r"^localrule ", out, flags=re.M))
     n_jobs = len(re.findall(r"^Finished jobid: ", out, flags=re.M))
     assert n_jobs == len(submitted) + n_local, (n_jobs, len(submitted), n_local)
