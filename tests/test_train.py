@@ -79,7 +79,7 @@ def test_one_random_frame_per_video_per_draw(shard):
 def test_pcl_run_writes_checkpoint_metrics_and_run_json(finished_run):
     out, summary = finished_run
     # the resumable state/ folder is gone once checkpoint.pt is final
-    assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "metrics.jsonl", "metrics.csv", "run.json"}
+    assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "metrics.jsonl", "metrics.csv", "run.json", ".lock", "attempts.log"}
     lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     # metrics.csv: the same rows and columns as metrics.jsonl
     csv = pd.read_csv(out / "metrics.csv")

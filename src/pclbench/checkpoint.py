@@ -31,6 +31,7 @@ that says so, :func:`load_encoder` reads their encoder (via :mod:`pclbench.offic
 """
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import random
@@ -97,10 +98,35 @@ def safe_torch_load(path: Path | str, map_location: Any = "cpu", what: str = "ch
         raise CheckpointError(f"{path}: {describe_load_error(e)}") from e
 
 
-def save_checkpoint(path: Path | str, state: Mapping[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename).
+class DiskFullError(OSError):
+    """Writing a checkpoint failed with ENOSPC; the message says so and names the file and folder."""
+
+
+# Name of the temporary file :func:`save_checkpoint` (and train.py's small text writers) write next to
+# the target: ``.<name>.<pid>.tmp``. A trainer holding its output folder's lock removes stale ones.
+TMP_NAME = re.compile(r"^\..+\.[0-9]+\.tmp$")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some file systems cannot open folders; durability is best effort there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: Path | str, state: Mapping[str, Any], previous: Path | str | None = None) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync, then rename).
 
     If writing fails, the temporary file is removed and the previous ``path`` (if any) is untouched.
+    ``previous``: where the file ``path`` held so far is kept (renamed there, after the new one is on
+    disk and before it takes ``path``), so a reader always finds a complete ``path`` or ``previous``.
+    A full disk (``OSError`` ENOSPC) raises :class:`DiskFullError` naming the file and folder.
     """
     path = Path(path)
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -111,11 +137,24 @@ def save_checkpoint(path: Path | str, state: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(dict(state), tmp)
+        with open(tmp, "wb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before any rename makes it the current file
+        if previous is not None and path.is_file():
+            os.replace(path, previous)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise DiskFullError(errno.ENOSPC, f"disk full: writing {path} failed, no space left on the file "
+                                f"system of {path.parent} (the partial file was removed; {path} is "
+                                "unchanged); free space there and rerun") from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
 
 

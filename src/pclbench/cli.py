@@ -510,3 +510,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"pclbench: checkpoint error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        # A full disk while saving (checkpoint.DiskFullError) is the user's to fix: a message, not a
+        # traceback. Other OS errors keep their traceback.
+        ck = sys.modules.get("pclbench.checkpoint")
+        if ck is None or not isinstance(e, ck.DiskFullError):
+            raise
+        print(f"pclbench: {e}", file=sys.stderr)
+        return 1

@@ -6,7 +6,9 @@ half shard." :func:`atomic_dir` is that rule for any stage that writes a folder 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import tempfile
 import uuid
 from contextlib import contextmanager
@@ -40,6 +42,43 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _tmp_prefix(name: str) -> str:
+    """``.<name>.tmp-<host>-<pid>-``: the writer's host and pid, so a later start can tell its leftovers."""
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+    return f".{name}.tmp-{host}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only (kill(2))
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_tmp_dirs(final_path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary siblings of ``final_path`` that a killed writer on THIS host left.
+
+    Only folders named ``.<name>.tmp-<this host>-<pid>-*`` whose pid no longer runs are removed: a
+    writer on another host (shared file system) or still alive is never touched; a reused pid only
+    keeps a leftover longer. Returns the removed paths.
+    """
+    final = Path(final_path)
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.tmp-{re.escape(host)}-([0-9]+)-")
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for p in final.parent.iterdir():
+        m = pattern.match(p.name)
+        if m and p.is_dir() and not p.is_symlink() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 @contextmanager
 def atomic_dir(final_path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder next to ``final_path``; on success it becomes ``final_path``.
@@ -51,6 +90,9 @@ def atomic_dir(final_path: str | os.PathLike) -> Iterator[Path]:
       the old one is first renamed aside, the new one renamed into place, then the old one deleted.
       Between those two renames (microseconds) ``final_path`` does not exist; it is never half-written.
 
+    - Temporary siblings a killed writer on this host left (``.<name>.tmp-<host>-<pid>-*``, pid no
+      longer running) are removed first (:func:`remove_stale_tmp_dirs`).
+
     Example::
 
         with atomic_dir(out) as tmp:
@@ -58,7 +100,8 @@ def atomic_dir(final_path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(final_path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    remove_stale_tmp_dirs(final)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(final.name), dir=final.parent))
     # mkdtemp makes the folder private (0700); the output should get the usual permissions.
     os.chmod(tmp, 0o777 & ~_current_umask())
     try:

@@ -44,7 +44,12 @@ iteration and resumed ends with bitwise the weights of an uninterrupted run on C
 (tests/test_resume.py). A run resumes from ``state/last.pt`` when its config matches
 (``RUNTIME_KEYS`` may differ); a state written with another config is set aside as
 ``state/last.pt.stale`` and the run starts afresh. An unfinished ``checkpoint.pt`` of an older
-pclbench is resumed too.
+pclbench is resumed too. Each save first moves the current ``last.pt`` to ``state/prev.pt`` (after
+the new file is fsynced, :func:`pclbench.checkpoint.save_checkpoint`); a ``last.pt`` (or
+``checkpoint.pt``) that cannot be read, e.g. torn by a crash or a full disk, is moved to
+``state/bad-<time>-<pid>/`` with a warning and the run resumes from ``prev.pt``, or from scratch if
+that is unreadable too, so no bad file blocks the reruns. The output folder is locked for the whole
+run (``.lock``, :func:`train`) and every attempt's log lines are appended to ``attempts.log``.
 
 Distributed data parallelism (torchrun / srun, :mod:`pclbench.distributed`): every rank builds
 the same networks from the shared seed, draws the same per-epoch frame order from the shared
@@ -61,12 +66,14 @@ rank 0 writes files.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 import os
 import random
 import signal
+import socket
 import sys
 import threading
 import time
@@ -80,7 +87,8 @@ import pandas as pd
 import torch
 
 from . import distributed as ddp
-from .checkpoint import FORMAT, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (FORMAT, TMP_NAME, CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state,
+                         save_checkpoint)
 from .config import ConfigError, from_dict
 from .methods import METHODS, Method
 from .models import ModelConfig
@@ -99,6 +107,22 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autot
 # command, which resumes.
 EXIT_REQUEUE = 75
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+# Exit status when another trainer holds the output folder's lock: EX_CANTCREAT of sysexits.h ("a
+# (user specified) output file cannot be created"); not 0, so the second job is reported as failed.
+EXIT_LOCKED = 73
+LOCK_NAME = ".lock"
+ATTEMPTS_LOG = "attempts.log"
+
+
+class OutputLocked(SystemExit):
+    """Another process trains into the same output folder; exit status EXIT_LOCKED."""
+
+    def __init__(self, message: str):
+        super().__init__(EXIT_LOCKED)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class Preempted(SystemExit):
@@ -390,6 +414,109 @@ def _is_tty() -> bool:
 
 
 def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any]) -> dict:
+    """Pretrain ``method`` on ``data_dir`` into ``out_dir`` (see :func:`_train`), guarding the folder.
+
+    The main rank first takes an exclusive, non-blocking ``flock`` on ``out_dir/.lock`` (Linux
+    flock(2): the lock belongs to the open file description and is released when the process exits
+    or is killed, so a crash never leaves it stale; Python docs, ``fcntl.flock``: with ``LOCK_NB`` a
+    held lock raises ``BlockingIOError``). A second trainer on the same folder raises
+    :class:`OutputLocked` (exit status :data:`EXIT_LOCKED`) before touching anything. Holding the
+    lock, it removes the temporary files a killed trainer left (``.<name>.<pid>.tmp``,
+    :data:`pclbench.checkpoint.TMP_NAME`, in ``out_dir`` and ``out_dir/state``), then appends this
+    attempt's log lines to ``out_dir/attempts.log`` under a header line (attempt number, time, pid,
+    host): Snakemake deletes a job's ``log:`` file before every attempt (snakemake/jobs.py,
+    ``Job.remove_existing_output``, called from ``Job.prepare``), this file keeps them all.
+    """
+    pcfg = PretrainConfig.from_config(_section(config, "pretrain"))
+    ddp.init_from_env(_backend(pcfg))
+    out_dir = Path(out_dir)
+    if ddp.rank() != 0:
+        return _train(method, data_dir, out_dir, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = _lock_out_dir(out_dir)
+    try:
+        _remove_stale_tmp(out_dir)
+        with _AttemptLog(out_dir / ATTEMPTS_LOG):
+            return _train(method, data_dir, out_dir, config)
+    finally:
+        os.close(fd)  # releases the lock (it would die with the process anyway)
+
+
+def _lock_out_dir(out_dir: Path) -> int:
+    """The descriptor of ``out_dir/.lock`` with an exclusive flock held; :class:`OutputLocked` if taken."""
+    path = out_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        msg = (f"{out_dir} is in use: {holder} holds {path} (two trainers on one output folder would mix "
+               f"their metrics); wait for it or use another output folder (exit status {EXIT_LOCKED})")
+        log.error("%s", msg)
+        raise OutputLocked(msg) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd
+
+
+def _remove_stale_tmp(out_dir: Path) -> None:
+    """Remove ``.<name>.<pid>.tmp`` files in ``out_dir`` and ``out_dir/state``: only a trainer holding the
+    folder's lock writes them, and this one holds it now, so every one found is a killed writer's."""
+    for folder in (out_dir, out_dir / "state"):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if TMP_NAME.match(p.name) and p.is_file() and not p.is_symlink():
+                log.warning("removing %s, a temporary file left by an earlier attempt", p)
+                p.unlink(missing_ok=True)
+
+
+class _AttemptLog:
+    """Appends the ``pclbench`` log records of one attempt to ``path``, after a header line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handler: logging.Handler | None = None
+        self.logger = logging.getLogger("pclbench")
+        self.level = self.logger.level
+
+    def __enter__(self) -> "_AttemptLog":
+        try:
+            lines = self.path.read_text(errors="replace").splitlines() if self.path.is_file() else []
+            n = 1 + sum(line.startswith("=== attempt ") for line in lines)
+            with open(self.path, "a") as f:
+                f.write(f"=== attempt {n}: started {time.strftime('%Y-%m-%dT%H:%M:%S%z')}, pid {os.getpid()}, "
+                        f"host {socket.gethostname()}\n")
+            self.handler = logging.FileHandler(self.path, mode="a")
+        except OSError as e:  # a full disk must not hide the real error: this log is best effort
+            log.warning("cannot write %s: %s", self.path, e)
+            return self
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.handler.setLevel(logging.INFO)
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.handler is None:
+            return
+        if exc is None:
+            log.info("attempt finished")
+        elif isinstance(exc, SystemExit):
+            log.info("attempt ended with exit status %s: %s", exc.code, exc)
+        else:
+            log.error("attempt failed: %s: %s", exc_type.__name__, exc)
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+        self.handler.close()
+
+
+def _train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any]) -> dict:
     """Pretrain ``method`` on the aligned shard ``data_dir``; write checkpoint, metrics and run.json.
 
     ``config`` holds the sections ``pretrain``, ``model`` and the method's own (PCL: ``pcl``,
@@ -430,7 +557,20 @@ def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any])
             raise ValueError(f"{path} holds a {ck['method']!r} run, not {method!r}; use another out_dir")
         return _diff(_comparable(ck["config"], method_sections), _comparable(config_plain, method_sections))
 
-    final = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    # Unreadable files (a torn write, a full disk) are set aside into state/bad-<time>/ and the run goes
+    # on from the next candidate (checkpoint.pt -> state/last.pt -> state/prev.pt -> from scratch), so a
+    # bad file never blocks every rerun. A readable checkpoint.pt of another format still raises.
+    prev_path = state_path.with_name("prev.pt")
+    bad: list[Path] = []
+    final = None
+    if ckpt_path.is_file():
+        try:
+            final = load_checkpoint(ckpt_path)
+        except CheckpointError as e:
+            if e.__cause__ is None:  # torch read it: not a torn file but not ours either
+                raise
+            log.warning("%s cannot be read (%s): it is set aside", ckpt_path, e)
+            bad.append(ckpt_path)
     if final is not None:
         diffs = check_config(final, ckpt_path)
         if diffs:
@@ -441,17 +581,42 @@ def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any])
             return {"method": method, "checkpoint": str(ckpt_path), "epochs": final["epoch"],
                     "iterations": final["iteration"], "resumed": False, "already_finished": True}
     previous, resume_path = final, ckpt_path
-    if state_path.is_file():
-        state_ck = load_checkpoint(state_path)
-        diffs = check_config(state_ck, state_path)
+    state_ck, state_src = None, None
+    for cand in (state_path, prev_path):
+        if not cand.is_file():
+            continue
+        try:
+            state_ck, state_src = load_checkpoint(cand), cand
+            break
+        except CheckpointError as e:
+            nxt = (f"falling back to {prev_path}" if cand == state_path and prev_path.is_file()
+                   else "no earlier state is left: restarting from scratch")
+            log.warning("%s cannot be read (%s): it is set aside; %s", cand, e, nxt)
+            bad.append(cand)
+    if bad:
+        ddp.barrier()  # every rank has read them before rank 0 moves them
+        if main:
+            bad_dir = state_path.parent / f"bad-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+            bad_dir.mkdir(parents=True, exist_ok=True)
+            for p in bad:
+                os.replace(p, bad_dir / p.name)
+            log.warning("unreadable file(s) %s moved to %s", ", ".join(p.name for p in bad), bad_dir)
+    if state_ck is not None:
+        diffs = check_config(state_ck, state_src)
         if diffs:
             log.warning("%s was written with a different config (%s): set aside as %s.stale; starting afresh",
-                        state_path, "; ".join(diffs), state_path.name)
+                        state_src, "; ".join(diffs), state_src.name)
             ddp.barrier()  # every rank has read it before rank 0 moves it
             if main:
-                os.replace(state_path, state_path.with_name(state_path.name + ".stale"))
+                for p in (state_path, prev_path):
+                    if p.is_file():
+                        os.replace(p, p.with_name(p.name + ".stale"))
         else:
-            previous, resume_path = state_ck, state_path
+            previous, resume_path = state_ck, state_src
+    if previous is not None:
+        log.info("this attempt resumes from iteration %d (%s)", previous["iteration"], resume_path)
+    else:
+        log.info("this attempt starts from scratch (iteration 0)")
 
     if ddp.is_distributed() and device.type == "cuda":
         # Global batch statistics, as one process (module docstring); state_dict keys are unchanged.
@@ -630,7 +795,7 @@ def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any])
                         st = state(epoch - 1, iteration, False, optimizer, scheduler, scaler, pos)
                         if main:
                             mfh.flush()
-                            save_checkpoint(state_path, st)
+                            save_checkpoint(state_path, st, previous=prev_path)
                         break
                 if preempted:
                     break
@@ -646,7 +811,7 @@ def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any])
                     st = state(epoch, iteration, False, optimizer, scheduler, scaler)
                     if main:
                         mfh.flush()
-                        save_checkpoint(state_path, st)
+                        save_checkpoint(state_path, st, previous=prev_path)
                     if flat[-1] > 0:  # signalled in the epoch's last iteration
                         preempted = stop.signal or "a stop signal on another rank"
                         break
@@ -669,7 +834,8 @@ def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any])
         os.replace(partial, out_dir / "metrics.jsonl")
         write_metrics_csv(out_dir / "metrics.jsonl", out_dir / "metrics.csv")
         # The finished checkpoint.pt holds everything state/last.pt did.
-        for p in (state_path, state_path.with_name(state_path.name + ".stale")):
+        for p in (state_path, prev_path, state_path.with_name(state_path.name + ".stale"),
+                  prev_path.with_name(prev_path.name + ".stale")):
             p.unlink(missing_ok=True)
         if state_path.parent.is_dir() and not any(state_path.parent.iterdir()):
             state_path.parent.rmdir()
@@ -737,8 +903,12 @@ def _progress(total: int, enabled: bool = True):
 
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no temporary file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _truncate_metrics(partial: Path, iteration: int) -> None:

@@ -5,7 +5,11 @@
 # delete it when a job fails. On SIGTERM / SIGUSR1 it finishes the iteration, saves that state and
 # exits 75 (EX_TEMPFAIL); the retried job (`retries` here and in profiles/slurm) runs the same command,
 # which resumes from the state when the config matches. checkpoint.pt and metrics.csv are written
-# only when training finishes. The log is appended to, so it shows every attempt.
+# only when training finishes. Snakemake deletes {log} before every attempt (snakemake/jobs.py,
+# Job.remove_existing_output), so the trainer also appends each attempt's log lines, under a header
+# line (attempt, time, pid, resumed-from iteration), to results/pretrain/{method}/attempts.log, which
+# keeps every attempt. state/prev.pt is the state before last.pt (fallback if last.pt is torn);
+# results/pretrain/{method}/.lock (flock) stops a second trainer on the folder (exit 73).
 
 
 
