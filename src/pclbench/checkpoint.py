@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .io import fsync_dir
+
 FORMAT = "pclbench-checkpoint/1"
 REQUIRED_KEYS = ("format", "method", "encoder", "encoder_state", "model", "optimizer", "scheduler",
                  "scaler", "extra", "rng", "epoch", "iteration", "finished", "config")
@@ -107,19 +109,6 @@ class DiskFullError(OSError):
 TMP_NAME = re.compile(r"^\..+\.[0-9]+\.tmp$")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some file systems cannot open folders; durability is best effort there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: Path | str, state: Mapping[str, Any], previous: Path | str | None = None) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync, then rename).
 
@@ -154,7 +143,7 @@ def save_checkpoint(path: Path | str, state: Mapping[str, Any], previous: Path |
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

@@ -22,7 +22,8 @@ def _current_umask() -> int:
     return mask
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder so a rename inside it is durable (best effort)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # some file systems cannot open folders; durability is best effort there
@@ -120,6 +121,6 @@ def atomic_dir(final_path: str | os.PathLike) -> Iterator[Path]:
             os.rename(old, final)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         _remove(old)
