@@ -1,10 +1,26 @@
-"""Run code that might block on a FIFO without letting it hang the test suite."""
+"""Put a FIFO where a file is expected, and run code that might block on it without letting it hang
+the test suite."""
 from __future__ import annotations
 
 import os
 import threading
 
 import pytest
+
+
+def replace_with_fifo(path):
+    """Replace the file at ``path`` by a FIFO (opening it for reading blocks until a writer comes)."""
+    path.unlink()
+    os.mkfifo(path)
+    return path
+
+
+def unblock(fifo) -> None:
+    """Open a FIFO for writing once so that a reader stuck on it (if any) returns."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
 
 
 def run_bounded(fn, fifos=(), timeout: float = 120.0):
@@ -23,10 +39,7 @@ def run_bounded(fn, fifos=(), timeout: float = 120.0):
     t.join(timeout)
     if t.is_alive():
         for f in fifos:
-            try:
-                os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
-            except OSError:
-                pass
+            unblock(f)
         pytest.fail("blocked on a FIFO")
     if "error" in box:
         raise box["error"]

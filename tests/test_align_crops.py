@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from bounded import replace_with_fifo, run_bounded
 from pclbench.config import ConfigError, from_dict
 from pclbench.data.align import (
     AlignConfig,
@@ -307,34 +307,15 @@ def _face_raw(root: Path, landmarks: list[np.ndarray], size=(100, 100)) -> None:
 def test_fifo_image_and_pts_are_skipped_with_a_reason(tmp_path):
     raw = tmp_path / "raw"
     _face_raw(raw, [_place(0.0, 40.0, (50, 50))] * 4)
-    os.unlink(raw / "img/001.png")
-    os.mkfifo(raw / "img/001.png")  # a FIFO where an image is expected
-    os.unlink(raw / "img/002.pts")
-    os.mkfifo(raw / "img/002.pts")  # and where landmarks are expected
-    result: dict = {}
-
-    def run():
-        try:
-            result["qc"] = align_split(raw, "train", tmp_path / "out", _cfg(), size=32)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            result["error"] = e
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout=120)  # a hang guard, not a timing assertion: a regression blocks in open() forever
-    if t.is_alive():
-        for fifo in (raw / "img/001.png", raw / "img/002.pts"):  # unblock a reader stuck on a FIFO
-            try:
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-            except OSError:
-                pass
-        pytest.fail("alignment blocked on a FIFO")
-    assert "error" not in result, result.get("error")
-    reasons = {f["path"]: f["reason"] for f in result["qc"]["failures"]}
+    fifos = [replace_with_fifo(raw / "img/001.png"),  # a FIFO where an image is expected
+             replace_with_fifo(raw / "img/002.pts")]  # and where landmarks are expected
+    # a hang guard, not a timing assertion: a regression blocks in open() forever
+    qc = run_bounded(lambda: align_split(raw, "train", tmp_path / "out", _cfg(), size=32), fifos=fifos)
+    reasons = {f["path"]: f["reason"] for f in qc["failures"]}
     assert reasons["img/001.png"].startswith("not a regular file:") and "FIFO" in reasons["img/001.png"]
     assert reasons["img/002.png"].startswith("landmark file missing or malformed:")
     assert "002.pts is not a regular file" in reasons["img/002.png"]
-    assert result["qc"]["n_kept"] == 2
+    assert qc["n_kept"] == 2
 
 
 def test_read_image_refuses_a_fifo_without_opening_it(tmp_path):

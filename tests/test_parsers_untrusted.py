@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import official_fixtures as fx
-from bounded import run_bounded
+from bounded import replace_with_fifo, run_bounded, unblock
 from pclbench.data.parsers import SourceFormatError, SourceLayoutError, prepare_dataset
 from pclbench.data.parsers.stage1 import UnsafePathError
 
@@ -29,14 +29,6 @@ def entry(parser: str, splits: list[str]) -> dict:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def unblock(fifo: Path) -> None:
-    """Open a FIFO for writing once so that a reader stuck on it (if any) returns."""
-    try:
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-    except OSError:
-        pass
 
 
 # ------------------------------------------------------------------------------------------- RAF-DB
@@ -169,8 +161,7 @@ def test_fifo_instead_of_an_affectnet_image(tmp_path):
     src, out = tmp_path / "src", tmp_path / "raw"
     fx.write_affectnet(src)
     img = src / "Manually_Annotated_Images/2/img_01.jpg"
-    img.unlink()
-    os.mkfifo(img)
+    replace_with_fifo(img)
     try:
         meta = run_bounded(lambda: prepare_dataset("affectnet", entry("affectnet", ["train", "test"]), src, out))
     finally:
@@ -183,8 +174,7 @@ def test_fifo_instead_of_a_raf_db_image(tmp_path):
     src, out = tmp_path / "src", tmp_path / "raw"
     fx.write_raf_db(src)
     img = src / "basic/Image/aligned/train_00002_aligned.jpg"
-    img.unlink()
-    os.mkfifo(img)
+    replace_with_fifo(img)
     try:
         meta = run_bounded(lambda: prepare_dataset("raf_db", entry("raf_db", ["train", "test"]), src, out))
     finally:
@@ -210,8 +200,7 @@ def test_fifo_instead_of_disfa_frame_and_label_file(tmp_path):
     assert meta["dropped"]["not_regular_file"] == 1 and meta["dropped"]["frame_without_image"] == 1
     assert list(pd.read_csv(out / "all.csv")["frame"]) == [1, 3]
     label = d / "SN001_au26.txt"
-    label.unlink()
-    os.mkfifo(label)
+    replace_with_fifo(label)
     try:
         with pytest.raises(SourceLayoutError, match=r"SN001_au26\.txt is not a regular file"):
             run_bounded(lambda: prepare_dataset("disfa", disfa, src, tmp_path / "raw2"))
@@ -223,8 +212,7 @@ def test_fifo_instead_of_bp4d_files(tmp_path):
     src, out = tmp_path / "src", tmp_path / "raw"
     fx.write_bp4d(src)
     img = src / "BP4D-training/F001/T1/0002.jpg"
-    img.unlink()
-    os.mkfifo(img)
+    replace_with_fifo(img)
     csv_fifo = src / "AUCoding/AU_OCC/F002_T1.csv"
     os.mkfifo(csv_fifo)
     try:

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 import official_fixtures as fx
-from bounded import run_bounded
+from bounded import replace_with_fifo, run_bounded
 from test_align_crops import _cfg_dict as align_cfg_dict
 from pclbench.config import from_dict
 from pclbench.data.align import AlignConfig, align_split, read_image
@@ -150,11 +150,9 @@ def test_affectnet_npy_fifo_and_dev_zero_annotations(tmp_path):
     src = tmp_path / "src"
     _affectnet_npy(src)
     exp = src / "train_set/annotations/1_exp.npy"
-    exp.unlink()
-    os.mkfifo(exp)
+    replace_with_fifo(exp)
     lnd = src / "train_set/annotations/2_lnd.npy"
-    lnd.unlink()
-    os.mkfifo(lnd)
+    replace_with_fifo(lnd)
     e = entry("affectnet", ["train", "test"], release="npy")
     meta = run_bounded(lambda: prepare_dataset("affectnet", e, src, tmp_path / "raw"), fifos=[exp, lnd])
     assert meta["dropped"]["not_regular_file"] == 1 and meta["dropped"]["no_landmarks"] == 1
@@ -286,8 +284,7 @@ def test_cplfw_fifo_image_is_an_error_not_a_hang(tmp_path):
     src = tmp_path / "src"
     info = fx.write_cplfw(src)
     img = src / "images" / info["names"][0]
-    img.unlink()
-    os.mkfifo(img)
+    replace_with_fifo(img)
     with pytest.raises(SourceLayoutError, match="not regular files"):
         run_bounded(lambda: prepare_dataset("cplfw", entry("cplfw", ["all"]), src, tmp_path / "raw"), fifos=[img])
 
@@ -322,15 +319,13 @@ def test_aflw2000_fifo_image_and_mat_are_skipped_with_a_reason(tmp_path):
     src, out = tmp_path / "src", tmp_path / "raw"
     fx.write_aflw2000(src)
     img = src / "AFLW2000/image00004.jpg"
-    img.unlink()
-    os.mkfifo(img)
+    replace_with_fifo(img)
     meta = run_bounded(lambda: prepare_dataset("aflw2000", entry("aflw2000", ["test"]), src, out), fifos=[img])
     assert meta["dropped"]["not_regular_file"] == 1 and meta["splits"] == {"test": 1}
     img.unlink()
     fx.write_image(img, 70, size=(120, 120), fmt="JPEG")
     mat = src / "AFLW2000/image00002.mat"
-    mat.unlink()
-    os.mkfifo(mat)
+    replace_with_fifo(mat)
     meta = run_bounded(lambda: prepare_dataset("aflw2000", entry("aflw2000", ["test"]), src, tmp_path / "r2"),
                        fifos=[mat])
     assert meta["dropped"]["not_regular_file"] == 1 and meta["splits"] == {"test": 1}
@@ -356,8 +351,7 @@ def test_300w_lp_fifo_flip_image_does_not_hang(tmp_path):
     src = tmp_path / "src"
     fx.write_300w_lp(src)
     img = src / "300W_LP/AFW_Flip/AFW_1051618982_1_0.jpg"
-    img.unlink()
-    os.mkfifo(img)
+    replace_with_fifo(img)
     meta = run_bounded(lambda: prepare_dataset("300w_lp", entry("300w_lp", ["train"]), src, tmp_path / "raw"),
                        fifos=[img])
     assert meta["dropped"]["not_regular_file"] == 1
@@ -590,8 +584,7 @@ def test_300w_lp_fifo_landmark_file_is_skipped_with_a_reason(tmp_path):
     src = tmp_path / "src"
     fx.write_300w_lp(src)
     lm = src / "300W_LP/landmarks/HELEN/HELEN_232194_1_0_pts.mat"
-    lm.unlink()
-    os.mkfifo(lm)
+    replace_with_fifo(lm)
     meta = run_bounded(lambda: prepare_dataset("300w_lp", entry("300w_lp", ["train"]), src, tmp_path / "raw"),
                        fifos=[lm])
     assert meta["dropped"]["not_regular_file"] == 1

@@ -501,20 +501,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"pclbench: config error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:
-        # A CheckpointError (an unusable checkpoint file: refused by torch.load(weights_only=True), not
-        # a pclbench checkpoint, an oversized encoder spec) is a message, not a traceback. Looked up in
-        # sys.modules so that commands that never load a checkpoint never import torch for this.
+    except (ValueError, OSError) as e:
+        # An unusable checkpoint file (CheckpointError: refused by torch.load(weights_only=True), not a
+        # pclbench checkpoint, an oversized encoder spec) or a full disk while saving one (DiskFullError)
+        # is the user's to fix: a message, not a traceback; anything else keeps its traceback. Looked up
+        # in sys.modules so that commands that never load a checkpoint never import torch for this.
         ck = sys.modules.get("pclbench.checkpoint")
-        if ck is None or not isinstance(e, ck.CheckpointError):
+        if ck is None or not isinstance(e, (ck.CheckpointError, ck.DiskFullError)):
             raise
-        print(f"pclbench: checkpoint error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        # A full disk while saving (checkpoint.DiskFullError) is the user's to fix: a message, not a
-        # traceback. Other OS errors keep their traceback.
-        ck = sys.modules.get("pclbench.checkpoint")
-        if ck is None or not isinstance(e, ck.DiskFullError):
-            raise
-        print(f"pclbench: {e}", file=sys.stderr)
+        what = "checkpoint error: " if isinstance(e, ck.CheckpointError) else ""
+        print(f"pclbench: {what}{e}", file=sys.stderr)
         return 1
