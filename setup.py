@@ -22,7 +22,7 @@ from setuptools.command.build_py import build_py as _build_py
 
 # Repository files shipped as package data (repository-relative, "/"-separated); keep in step with
 # pclbench.config.resource_path's callers and MANIFEST.in (tests/test_packaging.py checks the wheel).
-SHARED_PATTERNS = ("config/config.yaml", "workflow/schemas/*.yaml", "workflow/report/*.rst")
+SHARED_PATTERNS = ("config/config.yaml", "config/voxceleb_exclusion.txt", "workflow/schemas/*.yaml", "workflow/report/*.rst")
 DATA_PACKAGE_DIR = ("pclbench", "_data")
 
 

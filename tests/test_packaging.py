@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "pclbench"
 
 # What the issue says must ship (repository-relative); globbed here, independently of setup.py.
-SHIPPED_GLOBS = ("workflow/schemas/*.yaml", "config/config.yaml", "workflow/report/*.rst")
+SHIPPED_GLOBS = ("workflow/schemas/*.yaml", "config/config.yaml", "config/voxceleb_exclusion.txt", "workflow/report/*.rst")
 
 # Import name -> distribution, hand-written from each project's own docs (PyPI names): the reference the
 # automatic importlib.metadata.packages_distributions() answer is checked against.
@@ -195,6 +195,13 @@ assert Path(pclbench.__file__).resolve().is_relative_to(site.resolve()), pclbenc
 # nothing of the checkout on the path but the interpreter's own site-packages (the venv lives in it)
 assert not [p for p in sys.path if Path(p or ".").resolve().is_relative_to(repo) and Path(p).resolve() not in deps]
 assert not config.IN_REPOSITORY
+from pclbench import runinfo
+# the wheel sits inside someone else's git repository (the test made one): not pclbench's commit
+assert runinfo.git_commit() is None, runinfo.git_commit()
+# the default identity exclusion list resolves to the shipped copy when the working dir has none
+from pclbench.data.parsers import voxceleb
+excl = voxceleb._resolve("config/voxceleb_exclusion.txt")
+assert excl.is_file() and excl.resolve().is_relative_to(site.resolve()), excl
 for rel in ("workflow/schemas/config.schema.yaml", "workflow/schemas/published_results.schema.yaml",
             "config/config.yaml", "workflow/report/table.rst"):
     p = config.resource_path(rel)
@@ -207,6 +214,10 @@ print(" ".join(sorted(names)))
 
 
 def test_wheel_runs_outside_the_repository(wheel, tmp_path):
+    # An unrelated git repository around the install: provenance must not report its HEAD as ours.
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "someone else's"]):
+        subprocess.run(git + args, check=True, capture_output=True, timeout=60)
     site = tmp_path / "site"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--no-index",
                            "-q", "--target", str(site), str(wheel)], capture_output=True, text=True, timeout=300)

@@ -12,14 +12,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import REPO_ROOT
+from .config import IN_REPOSITORY, REPO_ROOT
 
 _PACKAGES = ("pclbench", "torch", "torchvision", "numpy", "pandas", "pyyaml", "snakemake", "dvc",
              "face-alignment", "dlib-bin")
 
 
 def git_commit() -> str | None:
-    """The repository's HEAD commit, with ``-dirty`` when the work tree has changes."""
+    """The repository's HEAD commit, with ``-dirty`` when the work tree has changes.
+
+    None from an installed wheel: there REPO_ROOT is merely a folder above site-packages, and ``git``
+    run there would report whatever repository happens to enclose the environment, not pclbench's.
+    """
+    if not IN_REPOSITORY:
+        return None
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=10).stdout.strip()

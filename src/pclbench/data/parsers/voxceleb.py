@@ -70,7 +70,7 @@ import unicodedata
 from pathlib import Path
 from typing import Mapping
 
-from ...config import REPO_ROOT, from_dict
+from ...config import from_dict, resource_path
 from ...io import atomic_dir
 from ..video import VideoConfig, VideoDecodeError, extract_clip, read_exclusion
 from . import PARSERS
@@ -196,14 +196,15 @@ def match_identities(folders: list[str], meta: Mapping[str, Mapping[str, str]]) 
 
 
 def _resolve(path_str: str) -> Path | None:
-    """A config path: as given (relative to the working directory), else relative to the repository
-    (the documented meaning of ``video.exclusion_file``; no configuration is read here)."""
+    """A config path: as given (relative to the working directory), else the repository's file of that
+    name (the documented meaning of ``video.exclusion_file``; no configuration is read here), which an
+    installed wheel carries as package data (:func:`pclbench.config.resource_path`)."""
     if not path_str:
         return None
     p = Path(path_str)
     if p.is_absolute() or p.exists():
         return p
-    return REPO_ROOT / p
+    return resource_path(p.as_posix())
 
 
 def _clips_from_videos(root: Path) -> list[tuple[str, str, str, Path]]:
