@@ -109,6 +109,23 @@ def test_groundtruth_backend(tmp_path):
     assert out[2] == "landmark file missing or malformed: short.pts has 2 points, expected 68"
 
 
+def test_groundtruth_pts_symlink_out_of_the_folder_is_refused(tmp_path):
+    """A .pts placed as a symlink to a file elsewhere is never read (its points would be someone
+    else's file); one to a sibling in the same folder is fine."""
+    pts = np.random.default_rng(2).uniform(0, 50, (68, 2))
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    write_pts(outside / "secret.pts", pts, index_base=1)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.pts").symlink_to(outside / "secret.pts")
+    write_pts(data / "real.pts", pts, index_base=1)
+    (data / "b.pts").symlink_to("real.pts")
+    out = GroundTruthLandmarker(index_base=1).detect([None] * 2, [data / "a.png", data / "b.png"])
+    assert isinstance(out[0], str) and "outside" in out[0] and str(outside.resolve()) in out[0], out[0]
+    np.testing.assert_allclose(out[1], pts, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------
 # dlib backend on real faces
 # ------------------------------------------------------------------------------------------------

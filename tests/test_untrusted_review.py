@@ -452,6 +452,10 @@ def test_align_broken_images_fail_with_reasons(tmp_path, monkeypatch):
     assert reasons["img/000.png"].startswith("unreadable file")
     assert reasons["img/001.png"].startswith("unreadable file")
     assert "DecompressionBomb" in reasons["img/002.png"]
+    # between the limit and twice the limit Pillow only warns: refused all the same
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)  # the image has 10,000 pixels (1.67x)
+    with pytest.raises(Image.DecompressionBombError):
+        read_image(raw / "img/002.png")
     monkeypatch.undo()
     grey16 = read_image(raw / "img/002.png")  # 16-bit: scaled to 8 bits, not clipped to white
     assert np.asarray(grey16)[0, 0].tolist() == [round(40000 / 257)] * 3

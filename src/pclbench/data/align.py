@@ -59,6 +59,7 @@ import shutil
 import stat
 import sys
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -509,16 +510,25 @@ def read_image(path: str | os.PathLike) -> Image.Image:
 
     Raises :class:`NotRegularFileError` without opening the path when it exists but is not a regular
     file (``stage1.is_regular_file``: a FIFO would block ``open`` forever, a device could stream
-    without end); other errors (missing, undecodable) propagate from Pillow.
+    without end); other errors (missing, undecodable) propagate from Pillow. Pillow only *warns*
+    (``DecompressionBombWarning``) for an image between ``Image.MAX_IMAGE_PIXELS`` and twice that and
+    raises ``DecompressionBombError`` above (Pillow docs, reference/Image.html, ``Image.open``:
+    "Warns: DecompressionBombWarning"); here both raise ``DecompressionBombError``, so a placed image of
+    90-180 megapixels is refused like a bigger one instead of being decoded.
     """
     from .parsers.stage1 import is_regular_file
 
     path = Path(path)
     if os.path.lexists(path) and not is_regular_file(path):
         raise NotRegularFileError(f"{path.name} is {_file_kind(path)}; skipped without opening it")
-    with Image.open(path) as im:
-        im.load()
-        return to_rgb(im)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return to_rgb(im)
+        except Image.DecompressionBombWarning as e:
+            raise Image.DecompressionBombError(str(e)) from None
 
 
 def align_images(

@@ -200,6 +200,8 @@ class GroundTruthLandmarker:
     A ``.pts`` path that is not a regular file (a FIFO, a device, a directory) is reported as a
     failure without being opened: ``open()`` on a FIFO blocks until a writer appears, which would hang
     the whole alignment job (``stage1.is_regular_file`` checks with ``os.stat``, which never blocks).
+    A ``.pts`` that resolves outside its image's folder (a symlink placed in the data) is refused the
+    same way (``stage1.inside``): a path read from data never leaves its folder.
     """
 
     def __init__(self, index_base: int):
@@ -207,12 +209,17 @@ class GroundTruthLandmarker:
 
     def detect(self, images: Sequence[np.ndarray], paths: Sequence[Path]) -> list[np.ndarray | str]:
         out: list[np.ndarray | str] = []
-        from .parsers.stage1 import is_regular_file  # here: stage1 imports this module
+        from .parsers.stage1 import UnsafePathError, inside, is_regular_file  # here: stage1 imports this module
 
         for path in paths:
             pts_path = Path(path).with_suffix(".pts")
             if not os.path.lexists(pts_path):
                 out.append(f"{FAIL_NO_PTS}: {pts_path.name} not found")
+                continue
+            try:
+                inside(pts_path.parent, pts_path.name)
+            except UnsafePathError as e:
+                out.append(f"{FAIL_NO_PTS}: {e}")
                 continue
             if not is_regular_file(pts_path):
                 # a FIFO would block the read forever, a device could stream without end
