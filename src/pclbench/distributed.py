@@ -78,8 +78,9 @@ def init_from_env(backend: str = "gloo") -> bool:
 
     Reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (torchrun) or, failing that,
     ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` (srun). The rendezvous address comes
-    from ``MASTER_ADDR``/``MASTER_PORT`` (torchrun sets them; under Slurm export them in the
-    batch script, e.g. ``MASTER_ADDR=$(scontrol show hostnames $SLURM_NODELIST | head -n1)``).
+    from ``MASTER_ADDR``/``MASTER_PORT`` (torchrun sets them; over several Slurm nodes
+    :mod:`pclbench.launch` exports them before its ``srun``: the first host of the allocation, which
+    it asks ``scontrol`` for, since the job-step plugin strips ``SLURM_JOB_NODELIST``).
     A world size of 1 (or no launcher variables) starts nothing and returns False.
     ``backend`` is ``"nccl"`` for GPUs or ``"gloo"`` for CPUs.
     """
@@ -96,7 +97,8 @@ def init_from_env(backend: str = "gloo") -> bool:
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if not os.environ.get(name):
             raise ValueError(
-                f"{name} is not set: torchrun sets it; under Slurm export it in the batch script"
+                f"{name} is not set: torchrun and pclbench.launch set it; set it yourself when you start "
+                "the ranks another way"
             )
     local = _env_int(("LOCAL_RANK", "SLURM_LOCALID"))
     if backend == "nccl" and torch.cuda.is_available():
