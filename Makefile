@@ -29,8 +29,10 @@ test: $(STAMP)
 dryrun: $(STAMP)
 	$(VENV)/bin/snakemake -n
 
+# dvc.yaml from the Snakemake DAG; CONFIGFILES="config/paper.yaml" makes it for override files
+# (the stages pass them to Snakemake and read params from them; README "DVC").
 dvc-yaml: $(STAMP)
-	$(PY) -m pclbench dvc-yaml --out dvc.yaml
+	$(PY) -m pclbench dvc-yaml --out dvc.yaml $(if $(CONFIGFILES),--configfile $(CONFIGFILES))
 
 # Fetch everything from the DVC remote, then re-stamp the outputs in DAG order (dvc pull gives them
 # new, unordered mtimes; snakemake --touch runs nothing) so that `snakemake -n` has nothing to do.
