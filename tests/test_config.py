@@ -119,3 +119,23 @@ def test_cli_rejects_unknown_key(tmp_path, repo_root):
     bad.write_text("evaluate:\n  batchsize: 4\n")
     with pytest.raises(ConfigError, match="batchsize"):
         load_config([repo_root / "config" / "config.yaml", bad])
+
+
+def test_unquoted_compile_off_as_dvc_exp_run_writes_it(tmp_path):
+    """`dvc exp run -S` rewrites config.yaml with a YAML 1.2 writer, which leaves `off` unquoted;
+    YAML 1.1 readers (PyYAML, hence Snakemake and pclbench) then read false. It must still mean off."""
+    from pclbench.cli import load_config
+    from pclbench.config import DEFAULT_CONFIG
+    from pclbench.train import PretrainConfig
+
+    text = DEFAULT_CONFIG.read_text()
+    assert '  compile: "off"\n' in text
+    edited = tmp_path / "config.yaml"
+    edited.write_text(text.replace('  compile: "off"\n', "  compile: off\n"))
+    cfg = load_config([edited])  # schema-validated
+    assert cfg["pretrain"]["compile"] is False
+    assert PretrainConfig.from_config(cfg["pretrain"]).compile == "off"
+    # any other boolean is still refused
+    edited.write_text(text.replace('  compile: "off"\n', "  compile: on\n"))
+    with pytest.raises(ConfigError, match="compile"):
+        load_config([edited])

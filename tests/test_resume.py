@@ -85,7 +85,9 @@ def test_stop_on_signal_then_resume_equals_an_uninterrupted_run(tmp_path, shard,
     assert got["extra"] == ref["extra"]  # DWA history: the epoch means include the stopped epoch's steps
     assert torch.equal(got["rng"]["views"], ref["rng"]["views"])
     assert _records(out) == _records(reference)
-    assert not (out / "state").exists()
+    # only the finished run's hard link is left (state/final.pt: restores a TIMEOUT-deleted checkpoint.pt)
+    assert [p.name for p in (out / "state").iterdir()] == ["final.pt"]
+    assert (out / "state" / "final.pt").samefile(out / "checkpoint.pt")
 
 
 def test_a_state_with_another_config_is_set_aside(tmp_path, shard, monkeypatch):

@@ -166,6 +166,8 @@ def test_local_set_resources_cuts_memory_only():
     assert "pretrain:gpu=0" in items and "pretrain:mem_mb=500" in items
     assert "pretrain:cpus_per_task=2" in items and not any(i.startswith("pretrain:cpus_per_gpu") for i in items)
     gpu = local_set_resources(10 ** 7, {"PCLBENCH_GPUS": "4", "PCLBENCH_NODES": "2"})
-    assert {"pretrain:gpu=8", "pretrain:nodes=2", "pretrain:mpi=srun", "pretrain:tasks_per_node=4",
-            "pretrain:cpus_per_gpu=8", "pretrain:mem_mb=128000", "align:gpu=1"} <= set(gpu), gpu
+    # several nodes: GPUs per node as gres (tests/test_slurm_shapes.py has the sbatch lines)
+    assert {"pretrain:gpu=0", "pretrain:gres='gpu:4'", "pretrain:nodes=2", "pretrain:mpi=srun",
+            "pretrain:tasks_per_node=4", "pretrain:cpus_per_gpu=8", "pretrain:mem_mb=128000",
+            "align:gpu=1"} <= set(gpu), gpu
 

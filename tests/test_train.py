@@ -24,7 +24,7 @@ PRETRAIN = {"epochs": 2, "epoch_unit": "clips", "batch_size": 3, "img_size": 64,
             "schedule": "cosine", "min_lr": 0.0, "seed": 7, "device": "cpu", "amp": False, "num_threads": 2,
             "log_every": 1, "checkpoint_every": 1,
             "swap_grid_every": 0, "tensorboard": False, "dist_backend": "auto",
-            "channels_last": False, "compile": "off"}
+            "channels_last": False, "compile": "off", "stop_before_limit_s": 300, "lock_wait_s": 900}
 
 
 def config(**pretrain):
@@ -79,7 +79,11 @@ def test_one_random_frame_per_video_per_draw(shard):
 def test_pcl_run_writes_checkpoint_metrics_and_run_json(finished_run):
     out, summary = finished_run
     # the resumable state/ folder is gone once checkpoint.pt is final
-    assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "metrics.jsonl", "metrics.csv", "run.json", ".lock", "attempts.log"}
+    assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "metrics.jsonl", "metrics.csv", "run.json", ".lock", "attempts.log",
+                                               "state"}
+    # state/ keeps only final.pt, a hard link of checkpoint.pt (restores a checkpoint deleted after a TIMEOUT)
+    assert [p.name for p in (out / "state").iterdir()] == ["final.pt"]
+    assert (out / "state" / "final.pt").samefile(out / "checkpoint.pt")
     lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     # metrics.csv: the same rows and columns as metrics.jsonl
     csv = pd.read_csv(out / "metrics.csv")

@@ -65,7 +65,9 @@ def test_both_states_torn_restart_from_scratch(tmp_path, shard, monkeypatch, cap
     assert train("pcl", shard, out, config())["already_finished"]
 
 
-def test_a_second_trainer_on_the_folder_exits_with_a_distinct_status(tmp_path, shard):
+def test_a_second_trainer_on_the_folder_waits_then_exits_with_a_distinct_status(tmp_path, shard, caplog):
+    """pretrain.lock_wait_s: the second trainer waits that long for the lock (one log line), then exits 73
+    (was: exit 73 at once; tests/test_preempt.py covers a lock released during the wait)."""
     out = tmp_path / "pcl"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
@@ -78,8 +80,9 @@ def test_a_second_trainer_on_the_folder_exits_with_a_distinct_status(tmp_path, s
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(OutputLocked) as locked:
-            train("pcl", shard, out, config(epochs=1))
+            train("pcl", shard, out, config(epochs=1, lock_wait_s=1))
         assert locked.value.code == EXIT_LOCKED != 0 and str(out) in str(locked.value)
+        assert "waiting up to 1 s" in caplog.text and "waited 1 s" in str(locked.value)
         assert not (out / "metrics.jsonl.partial").exists()  # nothing written by the refused trainer
     finally:
         holder.stdin.close()

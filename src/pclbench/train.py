@@ -34,9 +34,16 @@ for DVC plots); ``run.json``; ``swap_grid_epoch<k>.png`` every ``swap_grid_every
 
 Resumable state (issue 3, "Scale and faults"): ``state/last.pt`` (NOT a declared Snakemake
 output, so it survives a failed job) is written every ``checkpoint_every`` epochs and on
-SIGTERM / SIGUSR1 (Slurm pre-emption or ``--signal=USR1@<s>`` before the time limit). On a
+SIGTERM / SIGUSR1 (Slurm pre-emption, ``scancel --signal``, ``scontrol requeue``). On a
 signal the trainer finishes the current iteration, saves the state atomically and exits with
-:data:`EXIT_REQUEUE` (75, ``EX_TEMPFAIL``). The state holds model, optimiser, scheduler, grad
+:data:`EXIT_REQUEUE` (75, ``EX_TEMPFAIL``). Inside a Slurm job it does the same by itself
+``pretrain.stop_before_limit_s`` before the job's time limit (:class:`JobDeadline`: ``squeue %L``,
+re-read every :data:`LIMIT_RECHECK_S`), because ``sbatch --signal=USR1@<s>`` goes to every process
+of the job step (sbatch(1)), where the job-step Snakemake has no USR1 handler and dies, orphaning
+the trainer (issue 11). An attempt that starts with less time left than that exits 75 at once,
+untouched; a trainer waits up to ``pretrain.lock_wait_s`` for the folder's lock (an orphaned
+earlier attempt may still be saving) and then resumes from what it saved. Every attempt is listed in
+the state and in run.json (``attempts``: resumed-from and saved-at iterations, what stopped it). The state holds model, optimiser, scheduler, grad
 scaler, DWA history, every RNG state (python, numpy, torch CPU/CUDA, the sampler and the views
 generators of every rank) and the position in the data order (epoch, iteration within the epoch,
 the sampler state at the epoch start, the epoch's running loss sums), so a run killed at any
@@ -50,6 +57,7 @@ the new file is fsynced, :func:`pclbench.checkpoint.save_checkpoint`); a ``last.
 ``state/bad-<time>-<pid>/`` with a warning and the run resumes from ``prev.pt``, or from scratch if
 that is unreadable too, so no bad file blocks the reruns. The output folder is locked for the whole
 run (``.lock``, :func:`train`) and every attempt's log lines are appended to ``attempts.log``.
+A finished run keeps ``state/final.pt`` (a hard link of ``checkpoint.pt``, see :func:`_train`).
 
 Distributed data parallelism (torchrun / srun, :mod:`pclbench.distributed`): every rank builds
 the same networks from the shared seed, draws the same per-epoch frame order from the shared
@@ -74,6 +82,7 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -99,7 +108,7 @@ log = logging.getLogger(__name__)
 # Keys of `pretrain` that only change how a run executes, not what it computes; a run may be resumed
 # with different values of them.
 RUNTIME_KEYS = ("device", "num_threads", "log_every", "checkpoint_every", "swap_grid_every", "tensorboard",
-                "dist_backend", "channels_last", "compile")
+                "dist_backend", "channels_last", "compile", "stop_before_limit_s", "lock_wait_s")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # Exit status of a run stopped by SIGTERM / SIGUSR1 after saving state/last.pt: EX_TEMPFAIL of
@@ -160,6 +169,8 @@ class PretrainConfig:
     dist_backend: Literal["auto", "nccl", "gloo"]  # torch.distributed backend; auto: nccl on CUDA
     channels_last: bool  # networks and conv inputs in channels_last memory format (CUDA only)
     compile: str  # torch.compile mode of the method's modules (COMPILE_MODES), "off" = eager
+    stop_before_limit_s: int  # inside a Slurm job: save and exit 75 this long before the limit; 0 = off
+    lock_wait_s: int  # wait this long for another trainer to release out_dir/.lock, then exit 73
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "img_size", "log_every", "checkpoint_every"):
@@ -175,11 +186,18 @@ class PretrainConfig:
             raise ConfigError(f"pretrain.betas: must be two numbers in [0, 1), got {self.betas!r}")
         if self.num_threads < 0:
             raise ConfigError(f"pretrain.num_threads: must be >= 0, got {self.num_threads!r}")
+        for key in ("stop_before_limit_s", "lock_wait_s"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"pretrain.{key}: must be >= 0 (0 = off), got {getattr(self, key)!r}")
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"pretrain.compile: must be one of {list(COMPILE_MODES)}, got {self.compile!r}")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> "PretrainConfig":
+        if section.get("compile") is False:
+            # YAML 1.1 (PyYAML) reads an unquoted `compile: off` as false; `dvc exp run -S`, whose YAML
+            # 1.2 writer sees no need for quotes, writes the value back that way. It means "off".
+            section = {**section, "compile": "off"}
         return from_dict(cls, section, "pretrain")
 
 
@@ -361,13 +379,111 @@ def sync_gradients(optimizer: torch.optim.Optimizer):
     return optimizer.register_step_pre_hook(hook)
 
 
+# --------------------------------------------------------------------------------------------------
+# the job's time limit (Slurm)
+
+LIMIT_RECHECK_S = 60.0  # re-read the job's time left this often: `scontrol update TimeLimit=` can extend it,
+# pre-emption with a GraceTime shortens it (slurm.conf(5), GraceTime: "its end time is set to the
+# current time plus GraceTime")
+SQUEUE_TIMEOUT_S = 20.0
+
+
+def parse_time_left(text: str) -> float | None:
+    """Seconds in squeue's ``%L`` ("time left for the job to execute in days-hours:minutes:seconds ...
+    may be NOT_SET if not yet established or UNLIMITED for no limit", squeue(1)); None = no limit known.
+
+    The forms are those squeue prints (SchedMD/slurm, src/squeue/print.c, ``_print_secs``):
+    ``D-HH:MM:SS`` with days, ``H:MM:SS`` with hours, else ``M:SS``; ``INVALID`` for a negative time
+    (a job past its limit, e.g. within OverTimeLimit): 0 here. Anything else raises ValueError.
+    """
+    s = text.strip()
+    if s in ("UNLIMITED", "NOT_SET", "INFINITE"):
+        return None
+    if s == "INVALID":
+        return 0.0
+    days = 0
+    if "-" in s:
+        d, s = s.split("-", 1)
+        if not d.isdigit():
+            raise ValueError(f"not a squeue time left: {text!r}")
+        days = int(d)
+    parts = s.split(":")
+    if not 2 <= len(parts) <= 3 or not all(p.isdigit() for p in parts) or (days and len(parts) != 3):
+        raise ValueError(f"not a squeue time left: {text!r}")
+    secs = 0
+    for p in parts:
+        secs = secs * 60 + int(p)
+    return float(days * 86400 + secs)
+
+
+class JobDeadline:
+    """How long the current Slurm job may still run: ``squeue -h -j <job> -o %L``, re-read every
+    ``recheck_s`` seconds (monotonic clock in between, so no clock skew between nodes matters).
+
+    ``time_left()`` is None while no limit is known (no limit, not set yet, or squeue failing before
+    any answer: a warning is logged once; the last known deadline is kept when a later query fails).
+    """
+
+    def __init__(self, job_id: str, recheck_s: float | None = None, clock=time.monotonic):
+        self.job_id, self.clock = str(job_id), clock
+        self.recheck_s = LIMIT_RECHECK_S if recheck_s is None else recheck_s
+        self._end: float | None = None  # clock() value at which the limit is reached
+        self._checked: float | None = None
+        self._warned = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "JobDeadline | None":
+        """The deadline of the job in ``SLURM_JOB_ID`` (Snakemake's Slurm job step keeps it, snakemake-
+        executor-plugin-slurm-jobstep ``keep_slurm``); None outside Slurm."""
+        job = (env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID") or "").strip()
+        return cls(job) if job.isdigit() else None
+
+    def query(self) -> float | None:
+        cmd = ["squeue", "-h", "-j", self.job_id, "-o", "%L"]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=SQUEUE_TIMEOUT_S)
+            if out.returncode != 0:
+                raise RuntimeError(f"exit status {out.returncode}: {out.stderr.strip()[:300]}")
+            lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
+            if len(lines) != 1:
+                raise RuntimeError(f"expected one line, got {out.stdout[:300]!r}")
+            return parse_time_left(lines[0])
+        except (OSError, subprocess.TimeoutExpired, RuntimeError, ValueError) as e:
+            raise JobDeadlineError(f"`{' '.join(cmd)}` failed: {e}") from e
+
+    def time_left(self) -> float | None:
+        now = self.clock()
+        if self._checked is None or now - self._checked >= self.recheck_s:
+            self._checked = now
+            try:
+                left = self.query()
+                self._end = None if left is None else now + left
+            except JobDeadlineError as e:
+                if not self._warned:
+                    self._warned = True
+                    log.warning("cannot read the time limit of Slurm job %s (%s): %s", self.job_id, e,
+                                "keeping the last known limit" if self._end is not None
+                                else "no stop before the limit; a signal or the limit itself stops the run")
+        return None if self._end is None else self._end - now
+
+
+class JobDeadlineError(RuntimeError):
+    pass
+
+
 class StopFlag:
-    """Set by SIGTERM / SIGUSR1; the loop checks it after each iteration (only the main thread
-    can install handlers: elsewhere the flag is never set by a signal)."""
+    """Set by SIGTERM / SIGUSR1 or by :meth:`request` (the time limit); the loop checks it after each
+    iteration (only the main thread can install handlers: elsewhere no signal sets the flag)."""
 
     def __init__(self):
-        self.signal: str | None = None
+        self.signal: str | None = None  # what stopped the run: a signal name or a reason
         self._previous: dict[int, Any] = {}
+
+    def request(self, reason: str) -> None:
+        if self.signal is None:
+            self.signal = reason
+            log.warning("%s: finishing the current iteration, then saving state and exiting %d", reason,
+                        EXIT_REQUEUE)
 
     def __enter__(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():
@@ -419,8 +535,12 @@ def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any])
     The main rank first takes an exclusive, non-blocking ``flock`` on ``out_dir/.lock`` (Linux
     flock(2): the lock belongs to the open file description and is released when the process exits
     or is killed, so a crash never leaves it stale; Python docs, ``fcntl.flock``: with ``LOCK_NB`` a
-    held lock raises ``BlockingIOError``). A second trainer on the same folder raises
-    :class:`OutputLocked` (exit status :data:`EXIT_LOCKED`) before touching anything. Holding the
+    held lock raises ``BlockingIOError``). A second trainer on the same folder waits for it up to
+    ``pretrain.lock_wait_s`` (polling), then raises :class:`OutputLocked` (exit status
+    :data:`EXIT_LOCKED`) before touching anything. Before that, inside a Slurm job with less than
+    ``pretrain.stop_before_limit_s`` left, it raises :class:`TimeLimitNear` (exit 75). With several
+    ranks, rank 0 decides and broadcasts its decision, so every rank exits with the same status
+    (a wait longer than the process group's timeout would still fail the other ranks). Holding the
     lock, it removes the temporary files a killed trainer left (``.<name>.<pid>.tmp``,
     :data:`pclbench.checkpoint.TMP_NAME`, in ``out_dir`` and ``out_dir/state``), then appends this
     attempt's log lines to ``out_dir/attempts.log`` under a header line (attempt number, time, pid,
@@ -431,33 +551,86 @@ def train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any])
     ddp.init_from_env(_backend(pcfg))
     out_dir = Path(out_dir)
     if ddp.rank() != 0:
+        code = ddp.broadcast_object(None)  # rank 0's start decision: 0 = go, else its exit status
+        if code:
+            raise SystemExit(code)
         return _train(method, data_dir, out_dir, config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd = _lock_out_dir(out_dir)
+    margin = pcfg.stop_before_limit_s
+    deadline = JobDeadline.from_env() if margin > 0 else None
+    try:
+        _check_time_left(deadline, margin)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = _lock_out_dir(out_dir, pcfg.lock_wait_s, deadline, margin)
+    except SystemExit as e:
+        ddp.broadcast_object(e.code)  # the other ranks exit with the same status instead of hanging
+        raise
+    ddp.broadcast_object(0)
     try:
         _remove_stale_tmp(out_dir)
         with _AttemptLog(out_dir / ATTEMPTS_LOG):
-            return _train(method, data_dir, out_dir, config)
+            return _train(method, data_dir, out_dir, config, deadline=deadline)
     finally:
         os.close(fd)  # releases the lock (it would die with the process anyway)
 
 
-def _lock_out_dir(out_dir: Path) -> int:
-    """The descriptor of ``out_dir/.lock`` with an exclusive flock held; :class:`OutputLocked` if taken."""
+class TimeLimitNear(Preempted):
+    """Less than ``pretrain.stop_before_limit_s`` left in the Slurm job; exit status EXIT_REQUEUE."""
+
+
+def _check_time_left(deadline: "JobDeadline | None", margin: float, when: str = "at the start") -> None:
+    """Raise :class:`TimeLimitNear` when the job has less than ``margin`` seconds left: a retry started
+    inside an allocation that is about to end must not touch the state (it would be killed mid-save)."""
+    left = deadline.time_left() if deadline is not None else None
+    if left is not None and left < margin:
+        msg = (f"Slurm job {deadline.job_id} has {left:.0f} s left {when}, less than pretrain.stop_before_limit_s "
+               f"= {margin}: not starting; the state is untouched and the next job resumes (exit status "
+               f"{EXIT_REQUEUE})")
+        log.warning("%s", msg)
+        raise TimeLimitNear(msg)
+
+
+LOCK_POLL_S = 1.0
+
+
+def _lock_out_dir(out_dir: Path, wait_s: float = 0.0, deadline: "JobDeadline | None" = None,
+                  margin: float = 0.0) -> int:
+    """The descriptor of ``out_dir/.lock`` with an exclusive flock held.
+
+    While another process holds it (e.g. the previous attempt of a signalled job, orphaned by the
+    job-step Snakemake and still saving its state, README "Clusters"), waits up to ``wait_s`` seconds
+    (one log line), polling every :data:`LOCK_POLL_S`, then raises :class:`OutputLocked` (exit status
+    :data:`EXIT_LOCKED`); :class:`TimeLimitNear` if the job's time runs out meanwhile.
+    """
     path = out_dir / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    t0 = time.monotonic()
+    waiting = False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-        os.close(fd)
-        msg = (f"{out_dir} is in use: {holder} holds {path} (two trainers on one output folder would mix "
-               f"their metrics); wait for it or use another output folder (exit status {EXIT_LOCKED})")
-        log.error("%s", msg)
-        raise OutputLocked(msg) from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                waited = time.monotonic() - t0
+                if waited >= wait_s:
+                    msg = (f"{out_dir} is in use: {holder} holds {path}"
+                           f"{f' (waited {waited:.0f} s, pretrain.lock_wait_s)' if wait_s else ''}; two trainers "
+                           f"on one output folder would mix their state and metrics; wait for it or use another "
+                           f"output folder (exit status {EXIT_LOCKED})")
+                    log.error("%s", msg)
+                    raise OutputLocked(msg) from None
+                if not waiting:
+                    waiting = True
+                    log.warning("%s is held by %s: waiting up to %.0f s for it (an earlier attempt saving its "
+                                "state?), then resuming from what it saved", path, holder, wait_s)
+                _check_time_left(deadline, margin, "while waiting for the lock")
+                time.sleep(min(LOCK_POLL_S, max(wait_s - waited, 0.01)))
     except BaseException:
         os.close(fd)
         raise
+    if waiting:
+        log.warning("%s released after %.1f s; this trainer holds it now", path, time.monotonic() - t0)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
     return fd
@@ -516,15 +689,23 @@ class _AttemptLog:
         self.handler.close()
 
 
-def _train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any]) -> dict:
+def _train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any],
+           deadline: JobDeadline | None = None) -> dict:
     """Pretrain ``method`` on the aligned shard ``data_dir``; write checkpoint, metrics and run.json.
 
     ``config`` holds the sections ``pretrain``, ``model`` and the method's own (PCL: ``pcl``,
     ``views``). Returns a summary dict (also in run.json). Resumes from ``state/last.pt`` (or an
     unfinished ``checkpoint.pt``) in ``out_dir``; returns at once if ``out_dir`` holds a finished
     run with the same config. Raises :class:`Preempted` (a SystemExit with status
-    :data:`EXIT_REQUEUE`) after SIGTERM / SIGUSR1, once the resumable state is saved. Under
-    torchrun / srun (``WORLD_SIZE`` or ``SLURM_NTASKS`` > 1) it starts the process group itself.
+    :data:`EXIT_REQUEUE`) after SIGTERM / SIGUSR1, once the resumable state is saved, and likewise
+    ``pretrain.stop_before_limit_s`` before the Slurm job's time limit (``deadline``, rank 0 only).
+    Under torchrun / srun (``WORLD_SIZE`` or ``SLURM_NTASKS`` > 1) it starts the process group itself.
+
+    A finished run keeps a hard link of ``checkpoint.pt`` as ``state/final.pt``: if its job is
+    still recorded as failed (a Slurm TIMEOUT after training finished) Snakemake deletes
+    ``checkpoint.pt`` and ``metrics.csv`` and reruns the job, which then restores both from
+    ``state/final.pt`` and ``metrics.jsonl`` instead of training again, provided the config and the
+    pclbench source (:func:`code_fingerprint`) are unchanged.
     """
     t_start = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -562,6 +743,11 @@ def _train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any]
     # bad file never blocks every rerun. A readable checkpoint.pt of another format still raises.
     prev_path = state_path.with_name("prev.pt")
     bad: list[Path] = []
+    code = code_fingerprint()
+    final_path = state_path.with_name(FINAL_NAME)
+    if main and not ckpt_path.exists() and final_path.is_file():
+        _restore_finished(final_path, ckpt_path, out_dir, code, check_config)
+    ddp.barrier()
     final = None
     if ckpt_path.is_file():
         try:
@@ -613,6 +799,11 @@ def _train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any]
                         os.replace(p, p.with_name(p.name + ".stale"))
         else:
             previous, resume_path = state_ck, state_src
+    past_attempts = list(previous.get("attempts") or []) if previous is not None else []
+    this_attempt = {"attempt": len(past_attempts) + 1, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "host": socket.gethostname(), "pid": os.getpid(),
+                    "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                    "resumed_from_iteration": previous["iteration"] if previous is not None else 0}
     if previous is not None:
         log.info("this attempt resumes from iteration %d (%s)", previous["iteration"], resume_path)
     else:
@@ -643,7 +834,7 @@ def _train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any]
             "encoder_parameters": sum(p.numel() for p in net.encoder.parameters())}
 
     def state(epoch: int, iteration: int, finished: bool, optimizer=None, scheduler=None, scaler=None,
-              position: dict | None = None) -> dict:
+              position: dict | None = None, stopped: str | None = None) -> dict:
         # Collective (all ranks must call it): every rank's views generator state goes into the file.
         views_states = ddp.all_gather_object(views_gen.get_state())
         return {"format": FORMAT, "method": method, "encoder": net.encoder.spec,
@@ -655,7 +846,11 @@ def _train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any]
                 "rng": {**capture_rng_state(), "sampler": sampler.get_state(), "views": views_states[0],
                         "views_per_rank": views_states},
                 "epoch": epoch, "iteration": iteration, "finished": finished, "config": config_plain,
-                "world_size": world, "position": position}
+                "world_size": world, "position": position, "code": code,
+                # every attempt so far: where it resumed, where it saved, what stopped it (None: a
+                # periodic save; a later attempt resuming from it means this one was killed)
+                "attempts": past_attempts + [{**this_attempt, "saved_at_iteration": iteration,
+                                              "stop": "finished" if finished else stopped}]}
 
     if not net.trainable:
         st = state(0, 0, True)
@@ -757,6 +952,11 @@ def _train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any]
                 t_it = time.perf_counter()
                 for it, batches in enumerate(BatchLoader(shard, index, device, start=step0), start=step0):
                     out = net.train_iteration(batches, optimizer, scaler, epoch, views_gen)
+                    if deadline is not None and stop.signal is None:
+                        left = deadline.time_left()
+                        if left is not None and left < pcfg.stop_before_limit_s:
+                            stop.request(f"the time limit of Slurm job {deadline.job_id} ({left:.0f} s left, "
+                                         f"pretrain.stop_before_limit_s = {pcfg.stop_before_limit_s})")
                     # One collective per iteration: the global means of the logged values and the stop flag.
                     flat = torch.stack([v.detach().float() for v in out.values()]
                                        + [torch.tensor(float(stop.signal is not None), device=device)])
@@ -792,7 +992,7 @@ def _train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any]
                     if flat[-1] > 0 and it + 1 < n_iter:  # a rank was signalled: all stop here
                         preempted = stop.signal or "a stop signal on another rank"
                         pos = {"epoch": epoch, "step": it + 1, "sampler": epoch_sampler, "sums": dict(sums)}
-                        st = state(epoch - 1, iteration, False, optimizer, scheduler, scaler, pos)
+                        st = state(epoch - 1, iteration, False, optimizer, scheduler, scaler, pos, preempted)
                         if main:
                             mfh.flush()
                             save_checkpoint(state_path, st, previous=prev_path)
@@ -808,7 +1008,8 @@ def _train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any]
                     _write_swap_grid(net, shard, grid_rows, device, out_dir / f"swap_grid_epoch{epoch}.png")
                 # `flat[-1]` (not the local flag): every rank takes the same branch (state() is collective).
                 if not finished and (epoch % pcfg.checkpoint_every == 0 or flat[-1] > 0):
-                    st = state(epoch, iteration, False, optimizer, scheduler, scaler)
+                    why = (stop.signal or "a stop signal on another rank") if flat[-1] > 0 else None
+                    st = state(epoch, iteration, False, optimizer, scheduler, scaler, stopped=why)
                     if main:
                         mfh.flush()
                         save_checkpoint(state_path, st, previous=prev_path)
@@ -833,19 +1034,20 @@ def _train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any]
     if main:
         os.replace(partial, out_dir / "metrics.jsonl")
         write_metrics_csv(out_dir / "metrics.jsonl", out_dir / "metrics.csv")
-        # The finished checkpoint.pt holds everything state/last.pt did.
+        # The finished checkpoint.pt holds everything state/last.pt did; state/final.pt (a hard link of it)
+        # outlives a deletion of checkpoint.pt by Snakemake when the job is still recorded as failed.
+        _keep_final(ckpt_path, final_path)
         for p in (state_path, prev_path, state_path.with_name(state_path.name + ".stale"),
-                  prev_path.with_name(prev_path.name + ".stale")):
+                  prev_path.with_name(prev_path.name + ".stale"), final_path.with_name(FINAL_NAME + ".stale")):
             p.unlink(missing_ok=True)
-        if state_path.parent.is_dir() and not any(state_path.parent.iterdir()):
-            state_path.parent.rmdir()
     t_end = time.perf_counter()
     n_run = total_iter
     summary = {**info, "epochs": pcfg.epochs, "iterations_per_epoch": n_iter, "iterations": iteration,
                "streams": streams, "final_epoch_means": last_means, "checkpoint": str(ckpt_path),
                "resumed": previous is not None,
                "resumed_from_epoch": (start_epoch - 1 if start_step == 0 else start_epoch) if previous else None,
-               "resumed_from_iteration": (iteration - n_run) if previous else None}
+               "resumed_from_iteration": (iteration - n_run) if previous else None,
+               "attempts": past_attempts + [{**this_attempt, "saved_at_iteration": iteration, "stop": "finished"}]}
     timings = {"total": t_end - t_start, "train": t_end - t_train,
                "seconds_per_iteration": (t_end - t_train) / max(n_run, 1)}
     if main:
@@ -855,6 +1057,79 @@ def _train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any]
              timings["train"], timings["seconds_per_iteration"], last_means)
     ddp.barrier()
     return {**summary, "timings": timings}
+
+
+FINAL_NAME = "final.pt"
+
+
+def code_fingerprint() -> str:
+    """sha256 over the pclbench package's Python sources (relative path + bytes, sorted): a finished
+    run is only restored from ``state/final.pt`` by the code that trained it."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _keep_final(ckpt_path: Path, final_path: Path) -> None:
+    """``final_path`` = a hard link of ``ckpt_path`` (no extra disk); a copy where links fail."""
+    import shutil
+
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final_path.with_name(f".{final_path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(ckpt_path, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(ckpt_path, tmp)
+        os.replace(tmp, final_path)
+    except OSError as e:  # best effort: the run itself is complete
+        tmp.unlink(missing_ok=True)
+        log.warning("cannot keep %s as %s (%s): a job recorded as failed after this point retrains", ckpt_path,
+                    final_path, e)
+
+
+def _restore_finished(final_path: Path, ckpt_path: Path, out_dir: Path, code: str, check_config) -> bool:
+    """Put back ``checkpoint.pt`` (from ``state/final.pt``) and ``metrics.csv`` (from ``metrics.jsonl``)
+    of a finished run whose declared outputs Snakemake deleted (module docstring of :func:`_train`).
+
+    Only when the finished state holds this config and this code; otherwise ``final.pt`` is set
+    aside as ``final.pt.stale`` (removed when the new run finishes) and the run trains afresh."""
+    jsonl = out_dir / "metrics.jsonl"
+    try:
+        ck = load_checkpoint(final_path)
+    except CheckpointError as e:
+        why = f"it cannot be read ({e})"
+    else:
+        diffs = check_config(ck, final_path) if ck.get("finished") else ["not a finished run"]
+        if diffs:
+            why = f"its config differs ({'; '.join(diffs)})"
+        elif ck.get("code") != code:
+            why = "the pclbench code changed since it was trained"
+        elif not jsonl.is_file():
+            why = f"{jsonl.name} is missing"
+        else:
+            why = None
+    if why is not None:
+        log.warning("%s is not reused: %s; training afresh", final_path, why)
+        os.replace(final_path, final_path.with_name(FINAL_NAME + ".stale"))
+        return False
+    tmp = ckpt_path.with_name(f".{ckpt_path.name}.{os.getpid()}.tmp")
+    try:
+        os.link(final_path, tmp)
+    except OSError:
+        import shutil
+        shutil.copyfile(final_path, tmp)
+    os.replace(tmp, ckpt_path)
+    write_metrics_csv(jsonl, out_dir / "metrics.csv")
+    log.warning("restored the finished run (%d iterations) from %s: its checkpoint.pt had been deleted "
+                "(Snakemake removes a failed job's outputs, e.g. after a Slurm TIMEOUT that came after training "
+                "finished); delete %s to train again", ck["iteration"], final_path, final_path.parent)
+    return True
 
 
 def write_metrics_csv(jsonl: Path, csv: Path) -> None:
