@@ -214,7 +214,7 @@ def test_workflow_plans_acquire_then_prepare_for_a_real_dataset(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "rule acquire:" in proc.stdout and "rule prepare:" in proc.stdout and "rule generate:" not in proc.stdout
-    assert "data/sources/lfw_test.receipt.json" in proc.stdout
+    assert "results/receipts/lfw_test.receipt.json" in proc.stdout  # not under paths.sources (read-only storage)
 
 
 def test_cli_without_download_section_names_it(tmp_path):

@@ -124,7 +124,7 @@ def test_dry_run_quotes_path_with_space_and_quote(tmp_path):
         words = shlex.split(ln)  # what the shell will see: each path one word, untouched
         out = words[words.index("--out") + 1]
         assert out.startswith(raw + "/"), ln
-        log = words[words.index(">") + 1]
+        log = words[words.index("--log") + 1]  # the command owns its log (pclbench.joblog)
         assert log.startswith("res ults/logs/generate/"), ln
     # the list-valued params (not-run reasons, task names) and interpreter are quoted word by word
     tables = next(ln for ln in cmds if " -m pclbench tables " in ln)
@@ -337,4 +337,5 @@ def test_cli_prints_checkpoint_error_without_traceback(tmp_path, capsys):
 
 
 def test_schema_premise_paths_section_is_the_one_checked():
-    assert set(load_schema()["properties"]["paths"]["properties"]) == {"raw", "aligned", "results", "sources"}
+    assert set(load_schema()["properties"]["paths"]["properties"]) == {"raw", "aligned", "results", "sources", "logs",
+                                                                       "receipts"}

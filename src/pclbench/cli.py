@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -89,7 +88,7 @@ def cmd_generate(args) -> int:
 
 def cmd_acquire(args) -> int:
     """Download + verify + extract (source url) or check what the user placed (source manual)."""
-    from .data.acquire import DatasetNotFound, acquire, download_config
+    from .data.acquire import DatasetNotFound, acquire, download_config, receipts_dir
     from .data.archive import UnsafeArchive
     from .data.download import DownloadError
 
@@ -107,10 +106,16 @@ def cmd_acquire(args) -> int:
     sources = args.sources or cfg.get("paths", {}).get("sources")
     if not sources:
         raise ConfigError("acquire needs --sources (or paths.sources in the config)")
-    receipt = args.receipt or f"{sources}/{args.dataset}.receipt.json"
+    dcfg = download_config(cfg)
+    if args.receipt:
+        receipt = args.receipt
+    elif cfg.get("paths", {}).get("receipts") or cfg.get("paths", {}).get("results"):
+        # outside SOURCES, which may be read-only storage (pclbench.data.acquire.receipts_dir)
+        receipt = f"{receipts_dir(cfg['paths'])}/{args.dataset}.receipt.json"
+    else:
+        raise ConfigError("acquire needs --receipt (or paths.results / paths.receipts in the config)")
     try:
-        acquire(args.dataset, entry, Path(sources), Path(receipt), download_config(cfg),
-                forget_lock=args.forget_lock)
+        acquire(args.dataset, entry, Path(sources), Path(receipt), dcfg, forget_lock=args.forget_lock)
     except (DatasetNotFound, DownloadError, UnsafeArchive) as e:
         print(f"pclbench acquire: {e}", file=sys.stderr)
         return 1
@@ -169,10 +174,9 @@ def cmd_align(args) -> int:
         logging.info("align part %d/%d: %d chunk(s) computed, %d reused", args.part + 1, parts,
                      len(info["computed"]), len(info["reused"]))
         if args.done:
-            Path(args.done).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(args.done).with_name(f".{Path(args.done).name}.tmp")
-            tmp.write_text(json.dumps(info) + "\n")
-            os.replace(tmp, args.done)
+            from .io import atomic_write_text
+
+            atomic_write_text(args.done, json.dumps(info) + "\n")
         return 0
     if args.merge:  # the gather job: every chunk -> the shard
         from .data.align import merge_chunks
@@ -360,7 +364,7 @@ def cmd_import_official(args) -> int:
 def cmd_dvc_yaml(args) -> int:
     from .dvc_export import write_dvc_yaml
 
-    write_dvc_yaml(Path(args.out), configfiles=args.configfile)
+    write_dvc_yaml(Path(args.out), configfiles=args.configfile, per_job=args.per_job)
     return 0
 
 
@@ -387,7 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sources", default=None,
                    help="the dataset goes to SOURCES/<dataset>/ (default: the config's paths.sources)")
     p.add_argument("--receipt", default=None,
-                   help="receipt JSON to write: files, sizes, digests (default: SOURCES/<dataset>.receipt.json)")
+                   help="receipt JSON to write: files, sizes, digests (default: RECEIPTS/<dataset>.receipt.json, "
+                        "RECEIPTS = the config's paths.receipts, else <paths.results>/receipts: outside SOURCES, "
+                        "which may be read-only)")
     p.add_argument("--download", default=None, metavar="JSON",
                    help="the `download` section as JSON, merged last; the workflow passes it here rather than "
                         "in --params because transfer settings (retries, timeouts) do not change the data and "
@@ -487,13 +493,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the Snakemake workflow's DAG")
     p.add_argument("--out", default="dvc.yaml")
-    p.add_argument("--configfile", action="append", default=[])
+    p.add_argument("--configfile", nargs="+", action="extend", default=[], metavar="YAML",
+                   help="override files merged on config/config.yaml, as for `snakemake --configfile`: "
+                        "the stages pass them to Snakemake and read params from them")
+    p.add_argument("--per-job", action="store_true", help="one stage per Snakemake job (no grouping)")
     p.set_defaults(func=cmd_dvc_yaml)
+    for p in sub.choices.values():
+        p.add_argument("--log", default=None, metavar="FILE",
+                       help="append this command's output to FILE (the workflow's job log); if FILE cannot be "
+                            "written (full disk) the output goes to stderr, and a failure always ends with one "
+                            "line on stderr (pclbench.joblog)")
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.log is not None:  # the command owns its log file (pclbench.joblog: full disks, the final line)
+        from .joblog import run_logged
+
+        return run_logged(args.log, args.command, lambda: _run(args))
+    return _run(args)
+
+
+def _run(args) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:

@@ -7,7 +7,6 @@ epoch, so we encode once and cache every readout (trunk, face-aware head, pose h
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from .config import from_dict
+from .io import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,10 @@ def extract(checkpoint: Path, data_dir: Path, out_path: Path, cfg: EvaluateConfi
     feats = encode_images(encoder, shard.images, cfg.batch_size, device)
     rows = shard.manifest["row"].to_numpy(dtype=np.int64)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, row=rows, **feats)
-    os.replace(tmp, out_path)
+    # a temporary sibling named after this process, removed if writing fails (a full disk) and, if
+    # this process is killed, by the next writer of the same file (pclbench.io.atomic_file)
+    with atomic_file(out_path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, row=rows, **feats)  # a file object: savez would add ".npz" to a name
     summary = {
         "checkpoint": str(checkpoint),
         "data": str(data_dir),

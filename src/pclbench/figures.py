@@ -10,7 +10,6 @@ code reconstructs s from s^'s face code and s's pose code (column 3).
 from __future__ import annotations
 
 import math
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .config import ConfigError
+from .io import atomic_file
 
 if TYPE_CHECKING:  # the report figures run without importing torch
     from torch import Tensor
@@ -51,14 +51,11 @@ def save_swap_grid(grid: Tensor, path: Path | str) -> Path:
             if r == 0:
                 ax.set_title(title, fontsize=7)
     fig.tight_layout(pad=0.2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:  # temp removed on error; a killed writer's by the next write
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -123,14 +120,11 @@ def _save(fig, path: Path, dpi: int) -> Path:
     """Save ``fig`` as PNG atomically, without a timestamp or version (byte-identical reruns)."""
     plt = _plt()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=dpi, metadata={"Software": None})
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:  # temp removed on error; a killed writer's by the next write
+            fig.savefig(tmp, dpi=dpi, metadata={"Software": None}, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -246,10 +240,8 @@ def collect_swap_grid(pretrain_dir: Path | str, path: Path | str, method: str, d
     if src is None:
         return placeholder(path, f"{method}: no swap grid in {pretrain_dir} (pretrain.swap_grid_every is 0 or "
                                  "larger than the number of epochs, or the method has no swap_grid hook)", dpi)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        shutil.copyfile(src, tmp)
     return path
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import socket
 import subprocess
@@ -74,7 +73,7 @@ def write_run_info(out_dir: Path | str, stage: str, config: Mapping[str, Any] | 
     out_dir.mkdir(parents=True, exist_ok=True)
     info = run_info(stage, config=config, seeds=seeds, timings=timings, **extra)
     path = out_dir / filename
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    from .io import atomic_write_text  # temp removed on error, dead writers' leftovers on the next write
+
+    atomic_write_text(path, json.dumps(info, indent=2, default=str) + "\n")
     return path

@@ -24,7 +24,6 @@ import html
 import io
 import json
 import math
-import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -354,10 +353,9 @@ def to_csv(t: Table) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from .io import atomic_write_text  # temp removed on error, dead writers' leftovers on the next write
+
+    atomic_write_text(path, text)
     return path
 
 

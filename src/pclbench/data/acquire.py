@@ -13,7 +13,8 @@ in docs/architecture.md and workflow/schemas/config.schema.yaml) says how:
   obtain, from whom, which files go where (absolute paths) and which are missing or wrong.
 
 Either way a receipt JSON (files, sizes, digests, time) is written atomically; it is the workflow's
-output of rule ``acquire`` and the input of rule ``prepare`` (the parser).
+output of rule ``acquire`` and the input of rule ``prepare`` (the parser). It lives outside
+``paths.sources`` (:func:`receipts_dir`), so a dataset already in place may sit on read-only storage.
 
 Errors are messages: everything that can go wrong with downloaded bytes or the folders
 they go to is raised as :class:`pclbench.data.download.DownloadError`,
@@ -24,6 +25,7 @@ does not open says how to drop that entry (``forget_lock`` / ``pclbench acquire 
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -33,8 +35,9 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..config import ConfigError, from_dict
+from ..io import atomic_write_text
 from .archive import CorruptArchive, extract_archive
-from .download import DownloadConfig, DownloadError, FileSpec, LockFile, atomic_write_text, fetch, file_digests
+from .download import DownloadConfig, DownloadError, FileSpec, LockFile, fetch, file_digests
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +205,16 @@ def acquire(name: str, entry: Mapping[str, Any], sources_dir: str | os.PathLike,
         except (FileExistsError, NotADirectoryError) as e:
             raise DownloadError(f"dataset {name}: {e.filename or dataset_dir} is in the way (a file where a "
                                 f"folder is needed, or the reverse); move it away and run again") from None
+        except OSError as e:
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            # Read-only storage is fine once a dataset is in place (nothing is written then), but a
+            # download, an unpacking or its marker file is a write.
+            raise DownloadError(f"dataset {name}: cannot write {e.filename or dataset_dir} ({e.strerror}): "
+                                f"{dataset_dir} is read-only, but the dataset is not completely downloaded and "
+                                f"unpacked there yet (downloads/, <archive>.extracted.json markers); run acquire "
+                                f"once with write access, after which it writes nothing under "
+                                f"{Path(sources_dir)}") from None
     elif source == "manual":
         files = _acquire_manual(name, entry, dataset_dir)
     elif source == "synthetic":
@@ -267,6 +280,17 @@ def _acquire_manual(name: str, entry: Mapping[str, Any], dataset_dir: Path) -> l
             files.append({"path": f["path"], "kind": "dir", "n_files": n, "size": total, "sha256": None,
                           "verified_by": "exists"})
     return files
+
+
+def receipts_dir(paths: Mapping[str, Any]) -> str:
+    """Where receipts go: ``paths.receipts``, else ``<paths.results>/receipts``.
+
+    Never ``paths.sources`` by default: licence-gated data is often kept on read-only (shared,
+    archival) storage, and with the files already in place :func:`acquire` writes nothing under
+    ``sources`` (the receipt is its only write; url datasets write there only while downloading or
+    unpacking: ``downloads/``, ``.part`` files, extraction markers).
+    """
+    return paths.get("receipts") or f"{paths['results']}/receipts"
 
 
 def download_config(cfg: Mapping[str, Any]) -> DownloadConfig:

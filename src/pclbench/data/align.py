@@ -70,7 +70,7 @@ import pandas as pd
 from PIL import Image
 
 from ..config import ConfigError
-from ..io import atomic_dir
+from ..io import atomic_dir, atomic_file, atomic_write_text
 from .landmarks import (
     FAIL_BACKEND,
     FAIL_DEGENERATE,
@@ -872,9 +872,7 @@ def _prepare_work(work: Path, fingerprint: dict[str, Any]) -> None:
         log.warning("%s: %d chunk(s) were made with other inputs or settings; recomputing them", work, len(stale))
         for p in stale:
             p.unlink()
-    tmp = work / f".{WORK_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, wf)
+    atomic_write_text(wf, text)
 
 
 def _input_key(items: Sequence[tuple[int, Path]]) -> str:
@@ -901,8 +899,8 @@ def _chunk_is_current(path: Path, items: Sequence[tuple[int, Path]]) -> bool:
 
 
 def _save_chunk(path: Path, res: _ChunkResult, key: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    # temp removed on error (a full disk), a killed writer's by the next one (pclbench.io.atomic_file)
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
         np.savez(
             f,
             key=np.asarray(key),
@@ -918,7 +916,6 @@ def _save_chunk(path: Path, res: _ChunkResult, key: str) -> None:
         )
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _load_chunk(path: Path, size: int) -> _ChunkResult:
@@ -1055,9 +1052,8 @@ def contact_sheet(
         sheet.paste(tile, (x, y))
         if captions:
             draw.text((x + 1, y + cell), captions[k], fill=(0, 0, 0))
-    tmp = path.with_name(f".{path.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        sheet.save(tmp, format="PNG")
 
 
 def merge_chunks(
@@ -1238,7 +1234,5 @@ def align_split(
     qc["images_per_s"] = qc["n_total"] / total if total > 0 else None
     qc["timings_s"]["chunks_wall"] = wall
     qc_path = Path(out_dir) / "qc.json"
-    tmp = qc_path.with_name(".qc.json.tmp")
-    tmp.write_text(json.dumps(qc, indent=2) + "\n")
-    os.replace(tmp, qc_path)
+    atomic_write_text(qc_path, json.dumps(qc, indent=2) + "\n")
     return qc

@@ -216,15 +216,15 @@ class GroundTruthLandmarker:
             if not os.path.lexists(pts_path):
                 out.append(f"{FAIL_NO_PTS}: {pts_path.name} not found")
                 continue
-            try:
-                inside(pts_path.parent, pts_path.name)
-            except UnsafePathError as e:
-                out.append(f"{FAIL_NO_PTS}: {e}")
-                continue
             if not is_regular_file(pts_path):
                 # a FIFO would block the read forever, a device could stream without end
                 out.append(f"{FAIL_NO_PTS}: {pts_path.name} is not a regular file (FIFO, device, directory "
                            "or dangling link); skipped without opening it")
+                continue
+            try:
+                inside(pts_path.parent, pts_path.name)
+            except UnsafePathError as e:
+                out.append(f"{FAIL_NO_PTS}: {e}")
                 continue
             try:
                 pts = read_pts(pts_path, self.index_base)

@@ -53,7 +53,6 @@ import json
 import logging
 import math
 import multiprocessing as mp
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -64,7 +63,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..config import ConfigError
-from ..io import atomic_dir
+from ..io import atomic_dir, atomic_file
 from . import landmarks as _landmarks
 from .synth_render import (  # noqa: F401  (re-exported public API)
     AU_NAMES,
@@ -668,8 +667,6 @@ def contact_sheet(dataset_dir: Path, out_png: Path, n: int, seed: int) -> Path:
         ]
         for li, text in enumerate(lines):
             d.text((ox + 3, oy + tile + 1 + 12 * li), text, fill=(230, 230, 230), font=font)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.tmp-{os.getpid()}")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, out_png)
+    with atomic_file(out_png) as tmp:  # temp removed on error; a killed writer's by the next write
+        sheet.save(tmp, format="PNG")
     return out_png

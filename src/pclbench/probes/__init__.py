@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +41,10 @@ def _json_safe(obj: Any) -> Any:
 
 def save_result(result: dict, path: Path) -> Path:
     """Write ``result`` as JSON to ``path`` atomically (temp file + rename)."""
+    from ..io import atomic_write_text  # temp removed on error, dead writers' leftovers on the next write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
     return path
 
 
