@@ -20,9 +20,9 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True
 
 
 # Tables, figures and contact sheets take seconds of CPU on small files: on a cluster they run on the

@@ -108,7 +108,7 @@ def test_end_to_end_tiny(tmp_path):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-# Stage 6 outputs of the tiny run besides `all` (workflow/rules/report.smk: report_targets()).
+# Stage 6 outputs of the tiny run besides `all` (workflow/rules/common.smk: report_targets()).
 TINY_TASKS = ["expression", "verification", "au", "pose"]
 TINY_TABLES = [n for t in TINY_TASKS for n in (t, f"{t}_readouts")] + ["ablation", "summary"]
 TINY_FIGURES = ([f"bars_{t}.png" for t in TINY_TASKS] + ["curves_random.png", "curves_pcl.png", "swap_grid_pcl.png",

@@ -15,14 +15,14 @@ if ALIGN_PARTS == 1:
             f"{RAW}/{{dataset}}",
         output:
             directory(f"{ALIGNED}/{{dataset}}/{{split}}"),
-        params:
-            cfg=lambda w: params_json("align", dataset=w.dataset),
         log:
             f"{LOGS}/align/{{dataset}}/{{split}}.log",
         threads: 2
+        params:
+            cfg=lambda w: params_json("align", dataset=w.dataset),
         shell:
             "{PCLBENCH:q} align --params {params.cfg:q} --raw {input:q} --dataset {wildcards.dataset:q} "
-            "--split {wildcards.split:q} --workers {threads:q} --out {output:q} > {log:q} 2>&1"
+            "--split {wildcards.split:q} --workers {threads:q} --out {output:q} --log {log:q}"
 
 else:
 
@@ -32,18 +32,19 @@ else:
             f"{RAW}/{{dataset}}",
         output:
             temp(f"{ALIGNED}/{{dataset}}/{{split}}.part-{{part}}-of-{ALIGN_PARTS}.json"),
+        log:
+            f"{LOGS}/align/{{dataset}}/{{split}}.part-{{part}}.log",
+        wildcard_constraints:
+            part="[0-9]+",
+        threads: 2
         params:
             cfg=lambda w: params_json("align", dataset=w.dataset),
             out=lambda w: f"{ALIGNED}/{w.dataset}/{w.split}",
-        wildcard_constraints:
-            part="[0-9]+",
-        log:
-            f"{LOGS}/align/{{dataset}}/{{split}}.part-{{part}}.log",
-        threads: 2
+            parts=ALIGN_PARTS,
         shell:
             "{PCLBENCH:q} align --params {params.cfg:q} --raw {input:q} --dataset {wildcards.dataset:q} "
             "--split {wildcards.split:q} --workers {threads:q} --out {params.out:q} --part {wildcards.part:q} "
-            "--parts {ALIGN_PARTS:q} --done {output:q} > {log:q} 2>&1"
+            "--parts {params.parts:q} --done {output:q} --log {log:q}"
 
     rule align_merge:
         """Gather: every chunk of the split -> uint8 shard + manifest + QC report."""
@@ -54,10 +55,10 @@ else:
             ],
         output:
             directory(f"{ALIGNED}/{{dataset}}/{{split}}"),
-        params:
-            cfg=lambda w: params_json("align", dataset=w.dataset),
         log:
             f"{LOGS}/align/{{dataset}}/{{split}}.merge.log",
+        params:
+            cfg=lambda w: params_json("align", dataset=w.dataset),
         shell:
             "{PCLBENCH:q} align --params {params.cfg:q} --raw {input.raw:q} --dataset {wildcards.dataset:q} "
-            "--split {wildcards.split:q} --merge --out {output:q} > {log:q} 2>&1"
+            "--split {wildcards.split:q} --merge --out {output:q} --log {log:q}"

@@ -9,22 +9,16 @@
 # Job.remove_existing_output), so the trainer also appends each attempt's log lines, under a header
 # line (attempt, time, pid, resumed-from iteration), to results/pretrain/{method}/attempts.log, which
 # keeps every attempt. state/prev.pt is the state before last.pt (fallback if last.pt is torn);
-# results/pretrain/{method}/.lock (flock) stops a second trainer on the folder (exit 73).
+# results/pretrain/{method}/.lock (flock): a rerun waits up to pretrain.lock_wait_s for an earlier
+# attempt that still holds it (e.g. orphaned by a signal and saving), then resumes; exit 73 after
+# that. Inside a Slurm job the trainer stops itself pretrain.stop_before_limit_s before the time
+# limit (squeue %L), and a rerun with less time left exits 75 at once. `retries: 3` also applies in
+# the Slurm batch-step Snakemake (rule retries win over its --retries 0): the first retries run in
+# the same allocation, then the main Snakemake submits a new job. A finished run keeps
+# state/final.pt, so a job recorded as failed after training (TIMEOUT) is restored, not retrained.
 
 
-
-def pretrain_params(wildcards):
-    """The sections the method's trainer reads (pclbench Method.config_sections + pretrain).
-
-    pcl and random keep the historical selection; a baseline reads views, augment and its own section.
-    A variant (config `variants`) runs its registered method with its overrides merged in.
-    """
-    method = base_method(wildcards.method)
-    if method in ("pcl", "random"):
-        sections = ("model", "views", "pcl", "pretrain")
-    else:
-        sections = ("model", "views", "augment", method, "pretrain")
-    return params_json(*(s for s in sections if s in config), method=wildcards.method)
+# pretrain_params (the config sections a method's trainer reads) is in common.smk.
 
 
 rule pretrain:
@@ -33,21 +27,25 @@ rule pretrain:
     output:
         checkpoint=f"{RESULTS}/pretrain/{{method}}/checkpoint.pt",
         metrics=f"{RESULTS}/pretrain/{{method}}/metrics.csv",
-    params:
-        cfg=pretrain_params,
-        outdir=lambda w: f"{RESULTS}/pretrain/{w.method}",
-        method=lambda w: base_method(w.method),
     log:
         f"{LOGS}/pretrain/{{method}}.log",
-    threads: workflow.cores
     retries: 3
+    threads: workflow.cores
     # gpu = all GPUs of the job, nodes = nodes (set per cluster in profiles/default; these defaults
     # apply without a profile). pclbench.launch runs the trainer plainly with <= 1 GPU, under
     # `torchrun --standalone --nproc_per_node=<gpu>` with several, and with `srun` over several nodes.
     resources:
         gpu=0,
         nodes=1,
+    params:
+        cfg=pretrain_params,
+        outdir=lambda w: f"{RESULTS}/pretrain/{w.method}",
+        method=lambda w: base_method(w.method),
+    # `exec`: the launcher (which itself execs the trainer) replaces Snakemake's `bash -c` wrapper, so a
+    # SIGTERM sent to the job step reaches a trainer whose parent is the job-step Snakemake, which on
+    # SIGTERM waits for it (snakemake/scheduling/job_scheduler.py, exit_gracefully) instead of a shell
+    # that would die and orphan it.
     shell:
-        "{PCLBENCH_LAUNCH:q} --gpus {resources.gpu:q} --nodes {resources.nodes:q} -- "
+        "exec {PCLBENCH_LAUNCH:q} --gpus {resources.gpu:q} --nodes {resources.nodes:q} -- "
         "pretrain --params {params.cfg:q} --method {params.method:q} --data {input:q} "
-        "--out {params.outdir:q} >> {log:q} 2>&1"
+        "--out {params.outdir:q} --log {log:q}"
