@@ -216,3 +216,21 @@ def test_main_on_several_nodes_with_the_jobsteps_environment(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pclbench.launch", "--nodes", "2", "--", *ARGS],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2 and "needs a Slurm allocation" in proc.stderr
+
+
+def test_launcher_line_goes_into_the_job_log_the_command_owns(tmp_path):
+    """The rule passes `--log FILE` to the trainer (pclbench.joblog owns it); the launcher's own line
+    is appended there first so the log says how the trainer was started, and the command's output
+    follows it. A FIFO in the log's place never blocks the launcher."""
+    log = tmp_path / "pretrain.log"
+    proc = subprocess.run([sys.executable, "-m", "pclbench.launch", "--gpus", "1", "--",
+                           "validate-config", "--log", str(log)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("pclbench.launch: ") and " validate-config " in lines[0] + " ", lines
+    assert any("config OK" in line for line in lines[1:]), lines
+    fifo = tmp_path / "fifo.log"
+    os.mkfifo(fifo)
+    proc = subprocess.run([sys.executable, "-m", "pclbench.launch", "--gpus", "1", "--",
+                           "no-such-command", "--log", str(fifo)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "pclbench.launch: " in proc.stderr

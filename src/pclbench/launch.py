@@ -195,6 +195,31 @@ def launch_command(gpus, nodes, args: Sequence[str], env: Mapping[str, str], pyt
     return _srun_command(gpus, nodes, procs_per_node, program, env, query)
 
 
+def _note_in_log(args: Sequence[str], line: str) -> None:
+    """Append the launcher's own line to the job log the launched command will own (``--log FILE``,
+    :mod:`pclbench.joblog`), so the log says how the trainer was started; best effort: the line is on
+    stderr already, and the command reports a log it cannot write itself."""
+    path = None
+    for i, arg in enumerate(args):
+        if arg == "--log" and i + 1 < len(args):
+            path = args[i + 1]
+        elif arg.startswith("--log="):
+            path = arg[len("--log="):]
+    if not path:
+        return
+    try:
+        # O_NONBLOCK: a FIFO in the log's place fails (ENXIO without a reader) instead of blocking
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+    except OSError:
+        return
+    try:
+        os.write(fd, (line + "\n").encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pclbench.launch",
@@ -217,10 +242,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     procs_per_node=ns.procs_per_node, module=ns.module)
     except (ValueError, subprocess.SubprocessError, OSError) as err:
         print(err, file=sys.stderr)
+        _note_in_log(args, str(err))
         return 2
     shown = " ".join(cmd[:10]) + (" ..." if len(cmd) > 10 else "")
     rendezvous = " ".join(f"{k}={v}" for k, v in sorted(extra.items()))
-    print(f"pclbench.launch: {rendezvous + ' ' if rendezvous else ''}{shown}", file=sys.stderr, flush=True)
+    line = f"pclbench.launch: {rendezvous + ' ' if rendezvous else ''}{shown}"
+    print(line, file=sys.stderr, flush=True)
+    _note_in_log(args, line)
     env = {**os.environ, **extra}
     # exec: the launched process replaces this one, so its exit status (75 = requeue) and the
     # signals Slurm sends (SIGTERM, SIGUSR1) are the trainer's / launcher's own.
