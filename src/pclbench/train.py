@@ -40,7 +40,7 @@ signal the trainer finishes the current iteration, saves the state atomically an
 ``pretrain.stop_before_limit_s`` before the job's time limit (:class:`JobDeadline`: ``squeue %L``,
 re-read every :data:`LIMIT_RECHECK_S`), because ``sbatch --signal=USR1@<s>`` goes to every process
 of the job step (sbatch(1)), where the job-step Snakemake has no USR1 handler and dies, orphaning
-the trainer (issue 11). An attempt that starts with less time left than that exits 75 at once,
+the trainer. An attempt that starts with less time left than that exits 75 at once,
 untouched; a trainer waits up to ``pretrain.lock_wait_s`` for the folder's lock (an orphaned
 earlier attempt may still be saving) and then resumes from what it saved. Every attempt is listed in
 the state and in run.json (``attempts``: resumed-from and saved-at iterations, what stopped it). The state holds model, optimiser, scheduler, grad
