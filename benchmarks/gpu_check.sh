@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of the speed benchmarks (issue 3), one call on a CUDA machine, about 3-6 minutes:
+# GPU check of the speed benchmarks, one call on a CUDA machine, about 3-6 minutes:
 #
 #   1. train_step.py at the paper's shapes (config/paper.yaml: width 64, 64 px, pfe and face steps on
 #      256 images, pose step on 10 x (2 + 100)), bf16 autocast, channels_last, WITH the reference

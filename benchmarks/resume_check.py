@@ -1,4 +1,4 @@
-"""Pre-emption check of the real trainer process on any device (issue 3: "survive what clusters do").
+"""Pre-emption check of the real trainer process on any device (what a cluster does to a job: signals, time limits, requeues).
 
 Runs ``python -m pclbench pretrain`` three times on one temporary shard of random pixels:
 

@@ -139,3 +139,15 @@ def test_unquoted_compile_off_as_dvc_exp_run_writes_it(tmp_path):
     edited.write_text(text.replace('  compile: "off"\n', "  compile: on\n"))
     with pytest.raises(ConfigError, match="compile"):
         load_config([edited])
+
+
+@pytest.mark.parametrize("section, module, cls", SECTIONS)
+def test_schema_section_and_dataclass_have_the_same_keys(section, module, cls):
+    """The schema (workflow/schemas/config.schema.yaml) and the dataclass that reads a section name the
+    same keys, and the schema refuses unknown ones: the two copies cannot drift apart silently."""
+    from pclbench.schema import load_schema
+
+    props = load_schema()["properties"][section]
+    klass = getattr(importlib.import_module(module), cls)
+    assert set(props.get("properties", {})) == {f.name for f in dataclasses.fields(klass)}, section
+    assert props.get("additionalProperties") is False, f"schema section {section} accepts unknown keys"

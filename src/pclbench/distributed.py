@@ -1,6 +1,6 @@
 """pclbench distributed data parallelism: process group set-up and gradient-carrying all-gather.
 
-Issue 3 ("Scale and faults"). Pretraining runs one process per device under ``torchrun`` or
+Pretraining runs one process per device under ``torchrun`` or
 Slurm's ``srun``. Every rank reads its own shard of each epoch's video order (see
 :mod:`pclbench.train`), computes its local loss, and the trainer all-reduces (averages) the
 gradients before every optimiser step, as DistributedDataParallel does.

@@ -32,7 +32,7 @@ run finishes; ``metrics.jsonl`` (one JSON object per iteration; streamed to
 for DVC plots); ``run.json``; ``swap_grid_epoch<k>.png`` every ``swap_grid_every`` epochs
 (methods with a ``swap_grid`` hook, docs/method.md §2.2); ``tensorboard/`` when enabled.
 
-Resumable state (issue 3, "Scale and faults"): ``state/last.pt`` (NOT a declared Snakemake
+Resumable state (README, "Clusters"): ``state/last.pt`` (NOT a declared Snakemake
 output, so it survives a failed job) is written every ``checkpoint_every`` epochs and on
 SIGTERM / SIGUSR1 (Slurm pre-emption, ``scancel --signal``, ``scontrol requeue``). On a
 signal the trainer finishes the current iteration, saves the state atomically and exits with

@@ -1,6 +1,6 @@
 # pretrain {method}: PCL (or a baseline) on the aligned pretraining shard; `random` only initialises.
 #
-# Pre-emption / time limits (issue 3): the trainer keeps its resumable state in
+# Pre-emption / time limits (README, "Clusters"): the trainer keeps its resumable state in
 # results/pretrain/{method}/state/last.pt, which is NOT a declared output, so Snakemake does not
 # delete it when a job fails. On SIGTERM / SIGUSR1 it finishes the iteration, saves that state and
 # exits 75 (EX_TEMPFAIL); the retried job (`retries` here and in profiles/slurm) runs the same command,

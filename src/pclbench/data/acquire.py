@@ -1,6 +1,6 @@
 """Getting a real dataset into ``paths.sources/<name>/`` in its official release layout.
 
-Issue 5, "Dataset registry and acquisition". One registry entry (config ``datasets.<name>``, contract
+One registry entry (config ``datasets.<name>``, contract
 in docs/architecture.md and workflow/schemas/config.schema.yaml) says how:
 
 - ``source: url`` (public sets: LFW with its pairs, AFLW2000-3D, 300W-LP): every ``download`` file is

@@ -1,7 +1,7 @@
 """Safe extraction of downloaded archives (tar, tar.gz/bz2/xz, zip).
 
-Issue 5, "Dataset registry and acquisition": "Archives are extracted safely: entries with absolute
-paths, `..`, or links pointing outside the target are refused; sizes are bounded (no zip bombs)."
+Archives are extracted safely: entries with absolute paths, ``..``, or links pointing outside the
+target are refused, and sizes are bounded (no zip bombs).
 
 An archive is untrusted input: a mirror can be compromised and the checksum may only have been
 recorded on first download. :func:`extract_archive` therefore

@@ -1,6 +1,6 @@
 """Checksummed, resumable HTTP(S) downloads for the dataset registry.
 
-Issue 5, "Dataset registry and acquisition": downloads are resumable (HTTP Range), retried with
+Downloads are resumable (HTTP Range), retried with
 exponential backoff, tried mirror after mirror, shown with a progress bar (bytes and rate), and
 verified (sha256 / md5 and size) *before* the file is renamed into place; where the source publishes
 no checksum, the first download records one in a lock file that the user commits, and every later

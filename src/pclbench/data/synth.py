@@ -4,7 +4,7 @@ No public face set labelled for expression, action units or identity can be fetc
 (docs: offline-resources), so the default pipeline runs on SynthFaces, rendered here from a seed by
 :mod:`pclbench.data.synth_render` (a 3D head with FACS action units, head pose, lighting and
 background; see that module for the geometry and the angle / landmark conventions). The datasets
-mirror the roles of the paper's data (PCL, Liu et al. CVPR 2023; docs/pcl-method.md):
+mirror the roles of the paper's data (PCL, Liu et al. CVPR 2023; docs/method.md):
 
 ``synth_vox``           VoxCeleb-like pretraining set (split ``train``): identity / clip / frame. Within
                         a clip, head pose and expression (AU intensities) move smoothly between random
