@@ -99,6 +99,7 @@ from . import distributed as ddp
 from .checkpoint import (FORMAT, TMP_NAME, CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state,
                          save_checkpoint)
 from .config import ConfigError, from_dict
+from .io import atomic_file, atomic_write_text
 from .methods import METHODS, Method
 from .models import ModelConfig
 from .runinfo import write_run_info
@@ -123,26 +124,29 @@ LOCK_NAME = ".lock"
 ATTEMPTS_LOG = "attempts.log"
 
 
-class OutputLocked(SystemExit):
+class _ExitWithMessage(SystemExit):
+    """A SystemExit with this class's exit status (``status``) that prints as its message."""
+
+    status: int
+
+    def __init__(self, message: str):
+        super().__init__(self.status)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class OutputLocked(_ExitWithMessage):
     """Another process trains into the same output folder; exit status EXIT_LOCKED."""
 
-    def __init__(self, message: str):
-        super().__init__(EXIT_LOCKED)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+    status = EXIT_LOCKED
 
 
-class Preempted(SystemExit):
+class Preempted(_ExitWithMessage):
     """Raised by :func:`train` after a stop signal: the state is saved; exit status EXIT_REQUEUE."""
 
-    def __init__(self, message: str):
-        super().__init__(EXIT_REQUEUE)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+    status = EXIT_REQUEUE
 
 
 @dataclass
@@ -856,8 +860,8 @@ def _train(method: str, data_dir: Path, out_dir: Path, config: Mapping[str, Any]
         st = state(0, 0, True)
         if main:
             save_checkpoint(ckpt_path, st)
-            _write_text_atomic(out_dir / "metrics.jsonl", "")
-            _write_text_atomic(out_dir / "metrics.csv", "")
+            atomic_write_text(out_dir / "metrics.jsonl", "")
+            atomic_write_text(out_dir / "metrics.csv", "")
         summary = {**info, "epochs": 0, "iterations": 0, "checkpoint": str(ckpt_path), "resumed": False}
         if main:
             write_run_info(out_dir, "pretrain", config=config_plain, seeds=seeds,
@@ -1074,21 +1078,24 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def _keep_final(ckpt_path: Path, final_path: Path) -> None:
-    """``final_path`` = a hard link of ``ckpt_path`` (no extra disk); a copy where links fail."""
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` = a hard link of ``src`` (no extra disk), a copy where links fail; put in place atomically
+    (:func:`pclbench.io.atomic_file`: its temporary is removed on error)."""
     import shutil
 
-    final_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final_path.with_name(f".{final_path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
+    with atomic_file(dst) as tmp:
+        tmp.unlink()  # atomic_file made it (empty); os.link needs the name free
         try:
-            os.link(ckpt_path, tmp)
+            os.link(src, tmp)
         except OSError:  # a file system without hard links
-            shutil.copyfile(ckpt_path, tmp)
-        os.replace(tmp, final_path)
+            shutil.copyfile(src, tmp)
+
+
+def _keep_final(ckpt_path: Path, final_path: Path) -> None:
+    """``final_path`` = a hard link of ``ckpt_path`` (:func:`_link_or_copy`), best effort."""
+    try:
+        _link_or_copy(ckpt_path, final_path)
     except OSError as e:  # best effort: the run itself is complete
-        tmp.unlink(missing_ok=True)
         log.warning("cannot keep %s as %s (%s): a job recorded as failed after this point retrains", ckpt_path,
                     final_path, e)
 
@@ -1118,13 +1125,7 @@ def _restore_finished(final_path: Path, ckpt_path: Path, out_dir: Path, code: st
         log.warning("%s is not reused: %s; training afresh", final_path, why)
         os.replace(final_path, final_path.with_name(FINAL_NAME + ".stale"))
         return False
-    tmp = ckpt_path.with_name(f".{ckpt_path.name}.{os.getpid()}.tmp")
-    try:
-        os.link(final_path, tmp)
-    except OSError:
-        import shutil
-        shutil.copyfile(final_path, tmp)
-    os.replace(tmp, ckpt_path)
+    _link_or_copy(final_path, ckpt_path)
     write_metrics_csv(jsonl, out_dir / "metrics.csv")
     log.warning("restored the finished run (%d iterations) from %s: its checkpoint.pt had been deleted "
                 "(Snakemake removes a failed job's outputs, e.g. after a Slurm TIMEOUT that came after training "
@@ -1136,7 +1137,7 @@ def write_metrics_csv(jsonl: Path, csv: Path) -> None:
     """``metrics.jsonl`` -> ``metrics.csv`` with the same columns (first-appearance order), atomically."""
     rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
     text = pd.DataFrame(rows).to_csv(index=False) if rows else ""
-    _write_text_atomic(Path(csv), text)
+    atomic_write_text(Path(csv), text)
 
 
 def _tensorboard_writer_class():
@@ -1176,16 +1177,6 @@ def _progress(total: int, enabled: bool = True):
     return tqdm(total=total, desc="pretrain", unit="it", disable=not (enabled and _is_tty()), dynamic_ncols=True)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk: no temporary file is left behind
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _truncate_metrics(partial: Path, iteration: int) -> None:
     """Keep the metrics lines of iterations <= ``iteration`` (those the checkpoint includes)."""
     if not partial.is_file():
@@ -1198,4 +1189,4 @@ def _truncate_metrics(partial: Path, iteration: int) -> None:
                 keep.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             break  # a line cut by the crash: everything after it is newer than the checkpoint
-    _write_text_atomic(partial, "".join(line + "\n" for line in keep))
+    atomic_write_text(partial, "".join(line + "\n" for line in keep))
