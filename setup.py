@@ -3,7 +3,7 @@
 All project metadata lives in pyproject.toml; this file only adds one build step. The files below stay
 where Snakemake reads them (workflow/schemas/, config/, workflow/report/: the single source of truth);
 ``build_py`` copies each to ``pclbench/_data/<same relative path>`` in the build directory, where
-:func:`pclbench.config.resource_path` finds them (importlib.resources) when the package does not run
+:func:`pclbench.core.config.resource_path` finds them (importlib.resources) when the package does not run
 from the repository. No copy is kept in src/, so there is nothing that can go stale.
 
 Setuptools facts relied on (setuptools/command/build.py, ``SubCommand`` protocol, the pinned 84.2.1):
@@ -21,7 +21,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py as _build_py
 
 # Repository files shipped as package data (repository-relative, "/"-separated); keep in step with
-# pclbench.config.resource_path's callers and MANIFEST.in (tests/test_packaging.py checks the wheel).
+# pclbench.core.config.resource_path's callers and MANIFEST.in (tests/test_packaging.py checks the wheel).
 SHARED_PATTERNS = ("config/config.yaml", "config/voxceleb_exclusion.txt", "workflow/schemas/*.yaml", "workflow/report/*.rst")
 DATA_PACKAGE_DIR = ("pclbench", "_data")
 

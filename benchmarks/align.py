@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from pclbench.config import from_dict
-from pclbench.data.align import AlignConfig, align_split, apply_affine, warp_to_crop
-from pclbench.data.landmarks import LANDMARKERS, nme, read_pts, write_pts
+from pclbench.core.config import from_dict
+from pclbench.align.aligner import AlignConfig, align_split, apply_affine, warp_to_crop
+from pclbench.align.landmarks import LANDMARKERS, nme, read_pts, write_pts
 
 
 def _cfg(backend: str, **over) -> AlignConfig:
@@ -143,7 +143,7 @@ def fan_compare(args) -> dict:
     import torch
     from face_alignment.models import FAN
 
-    from pclbench.data.landmarks import FaceAlignmentOptions, FANLandmarker, fan_weights_url, _hub_checkpoint
+    from pclbench.align.landmarks import FaceAlignmentOptions, FANLandmarker, fan_weights_url, _hub_checkpoint
 
     torch.set_num_threads(args.threads)
     device = args.device
@@ -272,7 +272,7 @@ def main() -> None:
         results.append(r)
         print(r)
 
-        from pclbench.data.landmarks import LandmarkBackendError, fan_weights_url
+        from pclbench.align.landmarks import LandmarkBackendError, fan_weights_url
 
         fan_cfg = _cfg("face_alignment", batch_size=16)
         gt_fan = make_real(tmp / "real_fan", args.n_fan, 224, seed=1)

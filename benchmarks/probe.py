@@ -5,7 +5,7 @@ EVERY epoch. Without augmentation the backbone outputs are identical each epoch,
 once (stage 4) and trains on the cached features. This script times both on the same random images,
 the same probe, the same mini-batch order and initialisation, and checks that the two final probes
 are the same (max |weight difference|), then times pclbench's full validation-selected probe
-(:func:`pclbench.probes.linear.fit_probe`, grid + refit) on the cached features.
+(:func:`pclbench.evaluate.linear.fit_probe`, grid + refit) on the cached features.
 
 Usage: PYTHONPATH=src .venv/bin/python benchmarks/probe.py [--n 1000] [--width 16] [--img-size 64]
        [--epochs 3] [--batch-size 256] [--threads 0] [--device cpu] [--config config/config.yaml]
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 import yaml
 
-from pclbench.config import DEFAULT_CONFIG, from_dict
-from pclbench.probes.linear import ProbeConfig, TrainConfig, fit_probe
+from pclbench.core.config import DEFAULT_CONFIG, from_dict
+from pclbench.evaluate.linear import ProbeConfig, TrainConfig, fit_probe
 
 
 @torch.no_grad()

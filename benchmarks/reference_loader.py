@@ -2,7 +2,7 @@
 
 The released PCL code augments every image on the CPU with a PIL pipeline inside torch DataLoader
 workers (three loaders: PfeDB, ExpDB, PoseConDB, each with ``num_workers = num_threads``, 3.4).
-pclbench computes the same views on the training device for whole batches (src/pclbench/views.py).
+pclbench computes the same views on the training device for whole batches (src/pclbench/pretrain/views.py).
 ``benchmarks/train_step.py`` times one PCL iteration fed by each path; this module is the reference
 path. It is NOT used by the pipeline.
 
@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from pclbench.views import ViewConfig, patch_half_size
+from pclbench.pretrain.views import ViewConfig, patch_half_size
 
 # The authors' Sobel grayscale weights (3.4); they sum to 219.859 / 256, not 1.
 _SOBEL_GRAY = (65.738 / 256.0, 129.057 / 256.0, 25.064 / 256.0)

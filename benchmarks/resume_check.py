@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pclbench.checkpoint import load_checkpoint  # noqa: E402
-from pclbench.config import deep_merge  # noqa: E402
+from pclbench.pretrain.checkpoint import load_checkpoint  # noqa: E402
+from pclbench.core.config import deep_merge  # noqa: E402
 from train_step import load_config, make_shard  # noqa: E402
 
 EXIT_REQUEUE = 75

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pclbench.config import from_dict
+from pclbench.core.config import from_dict
 from pclbench.data import synth
 from pclbench.data import synth_render as sr
 

@@ -1,7 +1,7 @@
 """Benchmark one PCL training iteration (3 optimiser steps, method doc 2.7), fed by two data paths.
 
-- ``ours``: pclbench's path: a uint8 memmap shard read by :class:`pclbench.train.BatchLoader` (one
-  background thread), views computed on the training device by ``pclbench.views`` inside the steps.
+- ``ours``: pclbench's path: a uint8 memmap shard read by :class:`pclbench.pretrain.trainer.BatchLoader` (one
+  background thread), views computed on the training device by ``pclbench.pretrain.views`` inside the steps.
 - ``reference``: the authors' path (method doc 3.1-3.4): per-image PIL augmentation in torch
   DataLoader workers (``benchmarks/reference_loader.py``), three loaders with ``--workers`` workers
   each, reading the SAME shard rows; the finished views are copied to the device and fed to the same
@@ -50,11 +50,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pclbench.methods.pcl as pcl_module  # noqa: E402
-from pclbench.config import DEFAULT_CONFIG, deep_merge  # noqa: E402
-from pclbench.methods import METHODS  # noqa: E402
+import pclbench.pretrain.methods.pcl as pcl_module  # noqa: E402
+from pclbench.core.config import DEFAULT_CONFIG, deep_merge  # noqa: E402
+from pclbench.pretrain.methods import METHODS  # noqa: E402
 from pclbench.models import ModelConfig  # noqa: E402
-from pclbench.train import BatchLoader, PretrainConfig, VideoShard, resolve_device  # noqa: E402
+from pclbench.pretrain.trainer import BatchLoader, PretrainConfig, VideoShard, resolve_device  # noqa: E402
 from reference_loader import ReferenceLoader  # noqa: E402
 
 # --ci: every size as small as the model allows (img_size stays 64: the decoder's output, 1.5)
@@ -120,7 +120,7 @@ def make_shard(out: Path, n_videos: int, frames: int, size: int, seed: int) -> P
 
 
 class PrecomputedViews:
-    """Feeds precomputed views to PCL's steps: while active, ``pclbench.methods.pcl.apply_face_views`` /
+    """Feeds precomputed views to PCL's steps: while active, ``pclbench.pretrain.methods.pcl.apply_face_views`` /
     ``apply_pose_views`` return ``self.face`` / ``self.pose`` instead of computing views on the device
     (the steps still draw the views' random parameters: a few (N,) vectors, negligible).
     ``calls`` counts the swaps, so a change in pcl.py that bypasses them is detected, not mis-timed."""
@@ -147,7 +147,7 @@ class PrecomputedViews:
     def check(self, expected: int) -> None:
         if self.calls != {"face": expected, "pose": expected}:
             raise RuntimeError(f"reference path: PCL's steps called the view functions {self.calls} times, "
-                               f"expected {expected} each: pclbench.methods.pcl no longer calls apply_face_views / "
+                               f"expected {expected} each: pclbench.pretrain.methods.pcl no longer calls apply_face_views / "
                                "apply_pose_views by module name; update PrecomputedViews in benchmarks/train_step.py")
 
 
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compile:
         method.compile_modules(mode=args.compile)
     method.train()
-    # as pclbench.train: the fused (single-kernel) Adam on CUDA
+    # as pclbench.pretrain.trainer: the fused (single-kernel) Adam on CUDA
     opt = torch.optim.Adam(method.parameters(), lr=pcfg.lr, betas=tuple(pcfg.betas), weight_decay=pcfg.weight_decay,
                            fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=False)
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.profile is not None:
             ours["profile_top_ops"] = profile_iterations(method, fixed, opt, scaler, gen, device, args.profile)
         ours["data_path"] = ("uint8 memmap shard -> BatchLoader (1 prefetch thread, pinned copy) -> "
-                             "on-device batched views (pclbench.views)")
+                             "on-device batched views (pclbench.pretrain.views)")
 
         reference = None
         if not args.no_reference:

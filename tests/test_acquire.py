@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from local_http import Route, serve
-from pclbench.config import from_dict
+from pclbench.core.config import from_dict
 from pclbench.data.acquire import DatasetNotFound, acquire, manual_instructions, missing_manual_files
 from pclbench.data.download import DownloadConfig
 

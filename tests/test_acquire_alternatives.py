@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from pclbench.config import from_dict
+from pclbench.core.config import from_dict
 from pclbench.data.acquire import DatasetNotFound, acquire, missing_manual_files
 from pclbench.data.download import DownloadConfig
 

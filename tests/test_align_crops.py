@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from bounded import replace_with_fifo, run_bounded
-from pclbench.config import ConfigError, from_dict
-from pclbench.data.align import (
+from pclbench.core.config import ConfigError, from_dict
+from pclbench.align.aligner import (
     AlignConfig,
     BoxCropOptions,
     align_chunks,
@@ -32,8 +32,8 @@ from pclbench.data.align import (
     read_image,
     to_rgb,
 )
-from pclbench.data.landmarks import LEFT_EYE, RIGHT_EYE, write_pts
-from pclbench.data.shards import open_shard
+from pclbench.align.landmarks import LEFT_EYE, RIGHT_EYE, write_pts
+from pclbench.align.shards import open_shard
 
 
 def _cfg_dict(**over) -> dict:

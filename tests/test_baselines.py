@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pclbench.augment import AugmentConfig, crop_resize, random_resized_crop, sample_crop_boxes, two_views
-from pclbench.config import ConfigError
-from pclbench.methods import METHODS, MoCoConfig
-from pclbench.methods.byol import byol_loss
-from pclbench.methods.moco import moco_logits
-from pclbench.methods.simclr import nt_xent
-from pclbench.methods.two_view import ema_update
+from pclbench.pretrain.augment import AugmentConfig, crop_resize, random_resized_crop, sample_crop_boxes, two_views
+from pclbench.core.config import ConfigError
+from pclbench.pretrain.methods import METHODS, MoCoConfig
+from pclbench.pretrain.methods.byol import byol_loss
+from pclbench.pretrain.methods.moco import moco_logits
+from pclbench.pretrain.methods.simclr import nt_xent
+from pclbench.pretrain.methods.two_view import ema_update
 from pclbench.models import ModelConfig
-from pclbench.views import ViewConfig
+from pclbench.pretrain.views import ViewConfig
 
 from tiny_sections import MODEL, VIEWS
 
@@ -268,9 +268,9 @@ def test_methods_are_registered_and_in_the_schema(repo_root):
 def test_moco_run_resumes_exactly_through_the_trainer(tmp_path, monkeypatch):
     """Crash in epoch 2; the resumed run ends with the same networks, key encoder and queue as an
     uninterrupted one (the queue and its pointer are state_dict buffers)."""
-    from pclbench.checkpoint import load_checkpoint
-    from pclbench.methods import MoCo
-    from pclbench.train import train
+    from pclbench.pretrain.checkpoint import load_checkpoint
+    from pclbench.pretrain.methods import MoCo
+    from pclbench.pretrain.trainer import train
     from test_train import PRETRAIN, write_shard
 
     shard = write_shard(tmp_path / "shard")

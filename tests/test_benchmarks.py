@@ -22,7 +22,7 @@ if str(BENCH) not in sys.path:
 
 import reference_loader as ref  # noqa: E402
 
-from pclbench import views as V  # noqa: E402
+from pclbench.pretrain import views as V  # noqa: E402
 
 
 def _run(script: str, *args: str, tmp_path: Path) -> dict:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pclbench.checkpoint import (FORMAT, capture_rng_state, load_checkpoint, load_encoder, restore_rng_state,
+from pclbench.pretrain.checkpoint import (FORMAT, capture_rng_state, load_checkpoint, load_encoder, restore_rng_state,
                                  save_checkpoint)
 from pclbench.models import build_encoder
 

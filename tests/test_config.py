@@ -9,21 +9,21 @@ from typing import Literal, Optional
 
 import pytest
 
-from pclbench.config import ConfigError, deep_merge, from_dict
+from pclbench.core.config import ConfigError, deep_merge, from_dict
 
 # (config section, module, dataclass): every stage's settings must come entirely from config.yaml.
 SECTIONS = [
     ("synth", "pclbench.data.synth", "SynthConfig"),
-    ("align", "pclbench.data.align", "AlignConfig"),
-    ("views", "pclbench.views", "ViewConfig"),
-    ("pretrain", "pclbench.train", "PretrainConfig"),
-    ("evaluate", "pclbench.extract", "EvaluateConfig"),
+    ("align", "pclbench.align.aligner", "AlignConfig"),
+    ("views", "pclbench.pretrain.views", "ViewConfig"),
+    ("pretrain", "pclbench.pretrain.trainer", "PretrainConfig"),
+    ("evaluate", "pclbench.evaluate.extract", "EvaluateConfig"),
     ("model", "pclbench.models", "ModelConfig"),
-    ("pcl", "pclbench.methods.pcl", "PCLConfig"),
-    ("augment", "pclbench.augment", "AugmentConfig"),
-    ("simclr", "pclbench.methods.simclr", "SimCLRConfig"),
-    ("moco", "pclbench.methods.moco", "MoCoConfig"),
-    ("byol", "pclbench.methods.byol", "BYOLConfig"),
+    ("pcl", "pclbench.pretrain.methods.pcl", "PCLConfig"),
+    ("augment", "pclbench.pretrain.augment", "AugmentConfig"),
+    ("simclr", "pclbench.pretrain.methods.simclr", "SimCLRConfig"),
+    ("moco", "pclbench.pretrain.methods.moco", "MoCoConfig"),
+    ("byol", "pclbench.pretrain.methods.byol", "BYOLConfig"),
     ("download", "pclbench.data.download", "DownloadConfig"),
     ("video", "pclbench.data.video", "VideoConfig"),
 ]
@@ -125,8 +125,8 @@ def test_unquoted_compile_off_as_dvc_exp_run_writes_it(tmp_path):
     """`dvc exp run -S` rewrites config.yaml with a YAML 1.2 writer, which leaves `off` unquoted;
     YAML 1.1 readers (PyYAML, hence Snakemake and pclbench) then read false. It must still mean off."""
     from pclbench.cli import load_config
-    from pclbench.config import DEFAULT_CONFIG
-    from pclbench.train import PretrainConfig
+    from pclbench.core.config import DEFAULT_CONFIG
+    from pclbench.pretrain.trainer import PretrainConfig
 
     text = DEFAULT_CONFIG.read_text()
     assert '  compile: "off"\n' in text
@@ -145,7 +145,7 @@ def test_unquoted_compile_off_as_dvc_exp_run_writes_it(tmp_path):
 def test_schema_section_and_dataclass_have_the_same_keys(section, module, cls):
     """The schema (workflow/schemas/config.schema.yaml) and the dataclass that reads a section name the
     same keys, and the schema refuses unknown ones: the two copies cannot drift apart silently."""
-    from pclbench.schema import load_schema
+    from pclbench.core.schema import load_schema
 
     props = load_schema()["properties"][section]
     klass = getattr(importlib.import_module(module), cls)

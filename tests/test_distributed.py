@@ -1,4 +1,4 @@
-"""Distributed data parallelism (pclbench.distributed, train.py): 2 CPU processes with gloo.
+"""Distributed data parallelism (pclbench.pretrain.distributed, train.py): 2 CPU processes with gloo.
 
 The reference is ONE process on the same global batch. BatchNorm: torch's SyncBatchNorm does not
 run on CPU, so gloo runs keep per-rank batch statistics (train.py docstring); the step tests
@@ -19,13 +19,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from pclbench import distributed as ddp
-from pclbench.checkpoint import load_checkpoint
-from pclbench.methods import METHODS, PCL
-from pclbench.methods import pcl as pcl_module
+from pclbench.pretrain import distributed as ddp
+from pclbench.pretrain.checkpoint import load_checkpoint
+from pclbench.pretrain.methods import METHODS, PCL
+from pclbench.pretrain.methods import pcl as pcl_module
 from pclbench.models import ModelConfig
-from pclbench.train import Preempted, shard_batches, sync_gradients, train
-from pclbench.views import resize
+from pclbench.pretrain.trainer import Preempted, shard_batches, sync_gradients, train
+from pclbench.pretrain.views import resize
 
 from test_train import config as train_config
 from test_train import write_shard

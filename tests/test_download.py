@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from local_http import Route, serve
-from pclbench.config import from_dict
+from pclbench.core.config import from_dict
 from pclbench.data.download import (ChecksumMismatch, DownloadConfig, DownloadError, FileSpec, LockFile,
                                     fetch)
 

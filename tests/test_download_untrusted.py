@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from local_http import Route, serve
-from pclbench.config import from_dict
+from pclbench.core.config import from_dict
 from pclbench.data.archive import CorruptArchive, verify_archive
 from pclbench.data.download import (ChecksumMismatch, DeadlineExceeded, DownloadConfig, DownloadError, FileSpec,
                                     LockFile, fetch)

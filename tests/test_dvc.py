@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pclbench import dvc_export
+from pclbench.core import dvc_export
 
 
 @pytest.fixture(scope="module")

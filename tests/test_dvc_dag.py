@@ -16,7 +16,7 @@ import sys
 import pytest
 import yaml
 
-from pclbench import dvc_export
+from pclbench.core import dvc_export
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="dvc needs git")
 

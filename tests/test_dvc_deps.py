@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pclbench import dvc_export
+from pclbench.core import dvc_export
 
 RUNNER = textwrap.dedent("""\
     import atexit, json, runpy, sys
@@ -83,16 +83,16 @@ def test_every_module_a_subcommand_loads_is_a_dep_of_its_stage(sub, loaded, stag
 
 
 def test_tables_code_is_a_dep_of_the_report_only(loaded, stages):
-    tables = "src/pclbench/tables.py"
+    tables = "src/pclbench/report/tables.py"
     assert tables in loaded["tables"]
     assert tables not in loaded["align"] | loaded["pretrain"] | loaded["generate"] | loaded["extract"]
     assert {name for name, st in stages.items() if tables in st["deps"]} == {"report"}
     # and the code that does run there is listed: alignment for align-*, the trainer for pretrain-*
     for name, st in stages.items():
         if name.startswith("align-"):
-            assert "src/pclbench/data/align.py" in st["deps"] and "workflow/rules/align.smk" in st["deps"]
+            assert "src/pclbench/align/aligner.py" in st["deps"] and "workflow/rules/align.smk" in st["deps"]
         if name.startswith("pretrain-"):
-            assert {"src/pclbench/train.py", "src/pclbench/launch.py", "workflow/rules/pretrain.smk"} <= set(st["deps"])
+            assert {"src/pclbench/pretrain/trainer.py", "src/pclbench/pretrain/launch.py", "workflow/rules/pretrain.smk"} <= set(st["deps"])
             assert "src/pclbench" not in st["deps"]
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from pclbench import dvc_export
+from pclbench.core import dvc_export
 
 
 def registered(repo_root):
@@ -42,7 +42,7 @@ def test_every_pcl_variant_logs_the_compared_loss(repo_root, one_torch_thread):
     from test_pcl import build, run_iterations
     from tiny_sections import PCL
 
-    from pclbench.config import deep_merge
+    from pclbench.core.config import deep_merge
 
     variants = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())["variants"]
     pcl_overrides = [{}] + [v["overrides"].get("pcl", {}) for v in variants.values() if v["method"] == "pcl"]

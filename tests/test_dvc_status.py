@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pclbench import dvc_export
+from pclbench.core import dvc_export
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="dvc experiments need git")
 
@@ -124,10 +124,10 @@ def test_tables_edit_reruns_only_the_report(repo):
     try:
         status = repo.dvc("status")
         changed = changed_stages(repo.dvc("status", "--json"))
-        # the stages that import pclbench.tables (the tables and the bar-chart figure): `report`
-        expected = {name for name, st in repo.stages().items() if "src/pclbench/tables.py" in st["deps"]}
+        # the stages that import pclbench.report.tables (the tables and the bar-chart figure): `report`
+        expected = {name for name, st in repo.stages().items() if "src/pclbench/report/tables.py" in st["deps"]}
         assert changed == expected == {"report"}, status
-        assert "modified:" in status and "src/pclbench/tables.py" in status, status
+        assert "modified:" in status and "src/pclbench/report/tables.py" in status, status
         (repo.root.parent / "status_after_tables_edit.txt").write_text(status)
         repo.dvc("repro")
         assert repo.ran() == ["report"]

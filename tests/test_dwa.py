@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pclbench.losses import DynamicWeightAverage
+from pclbench.pretrain.losses import DynamicWeightAverage
 
 
 def make(**kw) -> DynamicWeightAverage:

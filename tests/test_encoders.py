@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pclbench.config import ConfigError
+from pclbench.core.config import ConfigError
 from pclbench.models import ENCODERS, FaceCycleEncoder, ModelConfig, build_encoder
 from pclbench.models.encoders import ResidualBlock, SelfAttention
 

@@ -17,8 +17,8 @@ import torch
 from test_train import config, write_shard
 
 from pclbench.cli import load_config
-from pclbench.config import REPO_ROOT, ConfigError
-from pclbench.train import PretrainConfig, VideoShard, train
+from pclbench.core.config import REPO_ROOT, ConfigError
+from pclbench.pretrain.trainer import PretrainConfig, VideoShard, train
 
 
 def write_uneven_shard(d, clips_of_subject, size=4, seed=0):

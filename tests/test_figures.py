@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pclbench import figures as F
+from pclbench.report import figures as F
 from pclbench.cli import main
-from pclbench.tables import Comparison, Published
+from pclbench.report.tables import Comparison, Published
 
 from test_tables import CONFIG, PROBES
 
@@ -138,7 +138,7 @@ def test_cli_figures_bars_and_missing_argument(tmp_path, capsys):
 
 
 def test_figures_config_of_the_repo(default_config):
-    from pclbench.config import from_dict
+    from pclbench.core.config import from_dict
 
     cfg = from_dict(F.FiguresConfig, default_config["figures"], "figures")
     assert cfg.embedding.color_by == ["yaw", "expression"] and cfg.embedding.readouts == ["face", "pose"]

@@ -34,12 +34,12 @@ import torch
 import yaml
 
 from pclbench import cli
-from pclbench.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_encoder, save_checkpoint
-from pclbench.config import ConfigError, check_config_values
+from pclbench.pretrain.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_encoder, save_checkpoint
+from pclbench.core.config import ConfigError, check_config_values
 from pclbench.models import build_encoder
 from pclbench.models.encoders import MAX_ENCODER_PARAM_BYTES, facecycle_param_count
-from pclbench.official import import_official
-from pclbench.schema import load_schema, validate_config
+from pclbench.pretrain.official import import_official
+from pclbench.core.schema import load_schema, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = sorted((ROOT / "workflow" / "rules").glob("*.smk")) + [ROOT / "Snakefile"]
@@ -124,7 +124,7 @@ def test_dry_run_quotes_path_with_space_and_quote(tmp_path):
         words = shlex.split(ln)  # what the shell will see: each path one word, untouched
         out = words[words.index("--out") + 1]
         assert out.startswith(raw + "/"), ln
-        log = words[words.index("--log") + 1]  # the command owns its log (pclbench.joblog)
+        log = words[words.index("--log") + 1]  # the command owns its log (pclbench.core.joblog)
         assert log.startswith("res ults/logs/generate/"), ln
     # the list-valued params (not-run reasons, task names) and interpreter are quoted word by word
     tables = next(ln for ln in cmds if " -m pclbench tables " in ln)

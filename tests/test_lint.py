@@ -77,7 +77,7 @@ ACCEPTED = [
     (
         "Shell command directly uses variable PCLBENCH_LAUNCH from outside of the rule",
         {"pretrain"},
-        "As PCLBENCH: the interpreter, running the launcher (pclbench.launch).",
+        "As PCLBENCH: the interpreter, running the launcher (pclbench.pretrain.launch).",
     ),
     (
         "Shell command directly uses variable DOWNLOAD_JSON from outside of the rule",

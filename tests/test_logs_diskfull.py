@@ -1,4 +1,4 @@
-"""Job logs on a full disk (pclbench.joblog, `pclbench <stage> --log FILE`): the error reaches the user.
+"""Job logs on a full disk (pclbench.core.joblog, `pclbench <stage> --log FILE`): the error reaches the user.
 
 How the failures are simulated, each from its documented kernel behaviour:
 
@@ -119,7 +119,7 @@ def test_log_filling_up_mid_run_keeps_the_start_and_sends_the_rest_to_stderr(tmp
         import os, resource, signal, subprocess, sys
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
-        from pclbench.joblog import run_logged
+        from pclbench.core.joblog import run_logged
 
         def job():
             print("line 1 fits into the log")
@@ -149,7 +149,7 @@ def test_exit_status_of_a_systemexit_is_kept(tmp_path):
     log = tmp_path / "pretrain.log"
     proc = _python(f"""
         import sys
-        from pclbench.joblog import run_logged
+        from pclbench.core.joblog import run_logged
 
         class Preempted(SystemExit):
             def __init__(self):
@@ -170,7 +170,7 @@ def test_native_and_child_output_go_to_the_log_like_the_shell_redirection(tmp_pa
     log = tmp_path / "job.log"
     proc = _python(f"""
         import os, subprocess, sys
-        from pclbench.joblog import run_logged
+        from pclbench.core.joblog import run_logged
 
         def job():
             os.write(1, b"native stdout\\n")
@@ -185,7 +185,7 @@ def test_native_and_child_output_go_to_the_log_like_the_shell_redirection(tmp_pa
 
 
 def test_in_process_use_restores_descriptors_and_streams(tmp_path, capfd):
-    from pclbench.joblog import run_logged
+    from pclbench.core.joblog import run_logged
 
     before = sys.stdout, sys.stderr
     rc = run_logged(tmp_path / "x.log", "demo", lambda: print("into the log") or 0)
@@ -240,8 +240,8 @@ def test_a_several_line_message_is_summarised_by_its_first_line(tmp_path):
 
 
 def test_schema_checks_the_new_paths_like_the_others():
-    from pclbench.config import ConfigError, check_config_values
-    from pclbench.schema import validate_config
+    from pclbench.core.config import ConfigError, check_config_values
+    from pclbench.core.schema import validate_config
 
     base = {"raw": "r", "aligned": "a", "results": "res", "sources": "s"}
     for key in ("logs", "receipts"):

@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from pclbench.losses import (DifferenceLoss, FaceContrastiveLoss, PoseContrastiveLoss, draw_mixup,
+from pclbench.pretrain.losses import (DifferenceLoss, FaceContrastiveLoss, PoseContrastiveLoss, draw_mixup,
                              flip_swap_reconstruction, info_nce_with_negatives, mix_negatives, sample_beta)
 from pclbench.models import Decoder
 

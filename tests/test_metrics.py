@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from pclbench import metrics
+from pclbench.evaluate import metrics
 
 
 def test_accuracy_and_class_metrics_by_hand():

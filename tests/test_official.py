@@ -1,7 +1,7 @@
 """Authors' checkpoints (docs/method.md §1.8, 2.9): load_encoder and `pclbench import-official`.
 
 The reference below is written from docs/method.md's description of the authors' FaceCycleBackbone
-(1.1-1.3) with the authors' stage names and the inner layout pclbench.official infers, independently
+(1.1-1.3) with the authors' stage names and the inner layout pclbench.pretrain.official infers, independently
 of pclbench.models: its state_dict, wrapped like the authors' main.py saves it, must load into our
 encoder and give bit-identical fp32 features.
 """
@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import pclbench
-from pclbench.checkpoint import load_checkpoint, load_encoder
+from pclbench.pretrain.checkpoint import load_checkpoint, load_encoder
 from pclbench.cli import main
-from pclbench.official import AUTHORS_ENCODER_LAYOUT, encoder_key_map, import_official
+from pclbench.pretrain.official import AUTHORS_ENCODER_LAYOUT, encoder_key_map, import_official
 
 from tiny_sections import MODEL
 

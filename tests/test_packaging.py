@@ -190,12 +190,12 @@ import importlib, pkgutil, sys
 from pathlib import Path
 repo, site, deps = Path(sys.argv[1]), Path(sys.argv[2]), {Path(d).resolve() for d in sys.argv[3:]}
 import pclbench
-from pclbench import config
+from pclbench.core import config
 assert Path(pclbench.__file__).resolve().is_relative_to(site.resolve()), pclbench.__file__
 # nothing of the checkout on the path but the interpreter's own site-packages (the venv lives in it)
 assert not [p for p in sys.path if Path(p or ".").resolve().is_relative_to(repo) and Path(p).resolve() not in deps]
 assert not config.IN_REPOSITORY
-from pclbench import runinfo
+from pclbench.core import provenance as runinfo
 # the wheel sits inside someone else's git repository (the test made one): not pclbench's commit
 assert runinfo.git_commit() is None, runinfo.git_commit()
 # the default identity exclusion list resolves to the shipped copy when the working dir has none
@@ -250,7 +250,7 @@ def test_missing_package_data_is_a_clear_error(tmp_path):
     """A copy of the package outside src/ and without _data/ (what the old wheels were) must say which
     schema file is missing, not raise a bare FileNotFoundError."""
     shutil.copytree(SRC, tmp_path / "lib" / "pclbench", ignore=shutil.ignore_patterns("__pycache__", "_data"))
-    code = ("import sys\nfrom pclbench.config import ConfigError\nfrom pclbench.schema import validate_config\n"
+    code = ("import sys\nfrom pclbench.core.config import ConfigError\nfrom pclbench.core.schema import validate_config\n"
             "try:\n    validate_config({}, partial=True)\nexcept ConfigError as e:\n    print('ERR', e)\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "lib"), sysconfig.get_paths()["purelib"]])

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import official_fixtures as fx
-from pclbench.data.landmarks import read_pts
+from pclbench.align.landmarks import read_pts
 from pclbench.data.parsers import PARSERS, SourceFormatError, SourceLayoutError, prepare_dataset
 from pclbench.data.parsers import headpose
 from pclbench.data.parsers.stage1 import MANIFEST_BASE

@@ -27,11 +27,11 @@ from PIL import Image
 from scipy.io import loadmat, savemat
 
 import official_fixtures as fx
-from pclbench.config import ConfigError
-from pclbench.data.landmarks import read_pts
+from pclbench.core.config import ConfigError
+from pclbench.align.landmarks import read_pts
 from pclbench.data.parsers import SourceFormatError, SourceLayoutError, prepare_dataset
 from pclbench.data.parsers import headpose
-from pclbench.schema import validate_config
+from pclbench.core.schema import validate_config
 
 W = H = 160
 F = 0.8

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from pclbench.config import ConfigError
-from pclbench.methods import METHODS, PCLConfig, ablation_label, pose_negative_sets
+from pclbench.core.config import ConfigError
+from pclbench.pretrain.methods import METHODS, PCLConfig, ablation_label, pose_negative_sets
 from pclbench.models import ModelConfig
 
 from tiny_sections import MODEL, PCL, VIEWS
@@ -310,7 +310,7 @@ def test_ablation_variants_name_their_variant(repo_root, variant, label):
     """config `variants`: each ablation row changes exactly one setting of the pcl section, and the
     tables' footnote name (ablation_label) of the merged section is the paper's."""
     from pclbench.cli import load_config
-    from pclbench.config import deep_merge
+    from pclbench.core.config import deep_merge
 
     base = load_config([repo_root / "config" / "config.yaml"])
     v = base["variants"][variant]
@@ -325,7 +325,7 @@ def test_ablation_variants_name_their_variant(repo_root, variant, label):
 
 def test_faithful_variant_switches_every_faithful_option(repo_root):
     from pclbench.cli import load_config
-    from pclbench.config import deep_merge
+    from pclbench.core.config import deep_merge
 
     base = load_config([repo_root / "config" / "config.yaml"])
     o = base["variants"]["pcl_faithful"]["overrides"]

@@ -30,10 +30,10 @@ import copy
 import pytest
 import torch
 
-from pclbench.losses import pose_contrastive_loss, sample_beta
-from pclbench.methods import METHODS
+from pclbench.pretrain.losses import pose_contrastive_loss, sample_beta
+from pclbench.pretrain.methods import METHODS
 from pclbench.models import ModelConfig
-from pclbench.views import (add_noise, apply_face_views, apply_pose_views, draw_face_views, draw_pose_views,
+from pclbench.pretrain.views import (add_noise, apply_face_views, apply_pose_views, draw_face_views, draw_pose_views,
                             resize)
 
 from tiny_sections import MODEL, PCL, VIEWS
@@ -422,7 +422,7 @@ def test_face_loss_with_float32_draws_is_float64_accurate():
     its gradients must still equal the float64 reference to float64 rounding. A side-by-side run
     against the authors' released code (their mixing is done on the float64 features themselves)
     found the closed form squaring the float32 lambdas in float32: agreement only to ~1e-9."""
-    from pclbench.losses import FaceContrastiveLoss
+    from pclbench.pretrain.losses import FaceContrastiveLoss
 
     g = torch.Generator().manual_seed(3)
     b, d = 4, 6

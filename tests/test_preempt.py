@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pclbench import train as train_mod
-from pclbench.checkpoint import load_checkpoint
-from pclbench.train import (EXIT_REQUEUE, JobDeadline, Preempted, TimeLimitNear, parse_time_left, train)
+from pclbench.pretrain import trainer as train_mod
+from pclbench.pretrain.checkpoint import load_checkpoint
+from pclbench.pretrain.trainer import (EXIT_REQUEUE, JobDeadline, Preempted, TimeLimitNear, parse_time_left, train)
 
 from test_resume import _signal_at, reference, shard  # noqa: F401 (module fixtures)
 from test_train import config

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from test_probes import BENCHMARKS, LOOP, TRAIN, config, make_expression, make_pose, run_all
 
 from pclbench.cli import load_config
-from pclbench.config import REPO_ROOT, from_dict
-from pclbench.probes.linear import ProbeConfig, TrainConfig, fit_probe, train_linear
+from pclbench.core.config import REPO_ROOT, from_dict
+from pclbench.evaluate.linear import ProbeConfig, TrainConfig, fit_probe, train_linear
 
 
 def _train(**over) -> TrainConfig:
@@ -271,8 +271,8 @@ def test_align_stage_as_is_writes_the_released_pixels(tmp_path):
     non-square file fails by name."""
     from PIL import Image
 
-    from pclbench.data.align import AlignConfig, align_split
-    from pclbench.data.shards import open_shard
+    from pclbench.align.aligner import AlignConfig, align_split
+    from pclbench.align.shards import open_shard
 
     raw = tmp_path / "raw" / "raf_db"
     (raw / "images").mkdir(parents=True)

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pclbench.config import ConfigError
-from pclbench.probes import TASKS, load_results, run_benchmark, save_result
-from pclbench.probes.linear import load_split
-from pclbench.probes.splits import carve_validation, check_fold_exclusivity
+from pclbench.core.config import ConfigError
+from pclbench.evaluate import TASKS, load_results, run_benchmark, save_result
+from pclbench.evaluate.linear import load_split
+from pclbench.evaluate.splits import carve_validation, check_fold_exclusivity
 
 
 @pytest.fixture(autouse=True)
@@ -381,8 +381,8 @@ def test_au_probe_recovers_a_linear_model(tmp_path):
 
 
 def test_au_decision_thresholds_match_a_hand_loop():
-    from pclbench import metrics
-    from pclbench.probes.au import decision_thresholds
+    from pclbench.evaluate import metrics
+    from pclbench.evaluate.au import decision_thresholds
 
     rng = np.random.default_rng(0)
     probs = np.round(rng.uniform(size=(40, 3)), 2)
@@ -537,8 +537,8 @@ def _onehot_data(n, d=24, seed=0):
 
 
 def _fit(train_over=None, **probe_over):
-    from pclbench.config import from_dict
-    from pclbench.probes.linear import ProbeConfig, TrainConfig, fit_probe
+    from pclbench.core.config import from_dict
+    from pclbench.evaluate.linear import ProbeConfig, TrainConfig, fit_probe
 
     x, y = _onehot_data(240)
     xt, yt = _onehot_data(200, seed=1)
@@ -569,8 +569,8 @@ def test_raw_features_without_standardisation():
 
 
 def test_lbfgs_needs_full_batch_constant_lr():
-    from pclbench.config import from_dict
-    from pclbench.probes.linear import TrainConfig
+    from pclbench.core.config import from_dict
+    from pclbench.evaluate.linear import TrainConfig
 
     with pytest.raises(ConfigError, match="tasks.au.train: optimizer lbfgs"):
         from_dict(TrainConfig, {**TRAIN, "lr_schedule": "cosine"}, "t").check("tasks.au.train")
@@ -580,8 +580,8 @@ def test_lbfgs_needs_full_batch_constant_lr():
 
 def test_selection_never_reads_the_test_set():
     """The selected setting and every validation score are the same whatever the test features."""
-    from pclbench.config import from_dict
-    from pclbench.probes.linear import ProbeConfig, TrainConfig, fit_probe
+    from pclbench.core.config import from_dict
+    from pclbench.evaluate.linear import ProbeConfig, TrainConfig, fit_probe
 
     x, y = _onehot_data(240)
     runs = []

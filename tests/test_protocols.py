@@ -11,9 +11,9 @@ import torch
 from test_probes import (BENCHMARKS, TRAIN, config, make_au, make_expression, make_pose, make_verification, run,
                          run_all)
 
-from pclbench.config import from_dict
-from pclbench.probes import run_benchmark, sample_stats, summarize
-from pclbench.probes.linear import ProbeConfig, TrainConfig, fit_probe, standardizer, train_linear
+from pclbench.core.config import from_dict
+from pclbench.evaluate import run_benchmark, sample_stats, summarize
+from pclbench.evaluate.linear import ProbeConfig, TrainConfig, fit_probe, standardizer, train_linear
 
 
 @pytest.fixture(autouse=True)
@@ -248,12 +248,12 @@ def test_probe_cli_writes_the_result_contract(tmp_path):
 def test_config_sections_fill_the_probe_dataclasses(override):
     """probe, tasks.<task> and every benchmark of config.yaml (+ override) build their dataclasses."""
     from pclbench.cli import load_config
-    from pclbench.config import DEFAULT_CONFIG
-    from pclbench.probes.au import AUConfig
-    from pclbench.probes.benchmark import parse_benchmark
-    from pclbench.probes.expression import ExpressionConfig
-    from pclbench.probes.pose import PoseConfig
-    from pclbench.probes.verification import VerificationConfig
+    from pclbench.core.config import DEFAULT_CONFIG
+    from pclbench.evaluate.au import AUConfig
+    from pclbench.evaluate.benchmark import parse_benchmark
+    from pclbench.evaluate.expression import ExpressionConfig
+    from pclbench.evaluate.pose import PoseConfig
+    from pclbench.evaluate.verification import VerificationConfig
 
     files = [DEFAULT_CONFIG] + ([DEFAULT_CONFIG.parent / override] if override else [])
     cfg = load_config(files)

@@ -157,7 +157,7 @@ def test_read_only_storage_without_the_dataset_in_place_says_what_to_do(tmp_path
     first write; simulated here, because root ignores permission bits)."""
     import errno
 
-    from pclbench.config import from_dict
+    from pclbench.core.config import from_dict
     from pclbench.data import acquire as acq
     from pclbench.data.download import DownloadConfig, DownloadError
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pclbench.checkpoint import load_checkpoint
-from pclbench.methods import PCL
-from pclbench.train import EXIT_REQUEUE, Preempted, train
+from pclbench.pretrain.checkpoint import load_checkpoint
+from pclbench.pretrain.methods import PCL
+from pclbench.pretrain.trainer import EXIT_REQUEUE, Preempted, train
 
 from test_train import config, write_shard
 
@@ -111,7 +111,7 @@ def test_cli_exits_with_the_requeue_status(tmp_path, shard):
         import os, signal, sys
         import torch
         torch.set_num_threads(1)
-        from pclbench.methods import PCL
+        from pclbench.pretrain.methods import PCL
         from pclbench.cli import main
         original = PCL.train_iteration
         def wrapped(self, *args):

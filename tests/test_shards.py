@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pclbench.data.shards import ShardWriter, _NpyAppender, open_shard, write_shard
-from pclbench.io import atomic_dir
+from pclbench.align.shards import ShardWriter, _NpyAppender, open_shard, write_shard
+from pclbench.core.io import atomic_dir
 
 
 def _toy(n: int, size: int, seed: int = 0):

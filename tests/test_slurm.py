@@ -9,7 +9,7 @@ a site's Slurm.
 What it proves: every job of the workflow (except the local `all`) was submitted by
 snakemake-executor-plugin-slurm with sbatch, ran on the cluster and finished COMPLETED there (read
 back from slurmctld's job-completion log, not from Snakemake), the pretrain job went through
-pclbench.launch, and the tables came out. The cluster has no GPU, so it runs with PCLBENCH_GPUS=0
+pclbench.pretrain.launch, and the tables came out. The cluster has no GPU, so it runs with PCLBENCH_GPUS=0
 (profiles/default then asks for none), and memory requests are cut to what the node has.
 """
 from __future__ import annotations
@@ -150,7 +150,7 @@ def test_tiny_workflow_through_slurm(tmp_path, slurm_cluster):
     pretrain_logs = [Path(log) for jobid, log in SUBMITTED.findall(out) if "/rule_pretrain/" in log]
     assert pretrain_logs and all(p.is_file() for p in pretrain_logs)
     for method_log in (tmp_path / "results" / "logs" / "pretrain").glob("*.log"):
-        assert "pclbench.launch:" in method_log.read_text() and " pretrain " in method_log.read_text()
+        assert "pclbench.pretrain.launch:" in method_log.read_text() and " pretrain " in method_log.read_text()
     assert (tmp_path / "results" / "pretrain" / "pcl" / "checkpoint.pt").stat().st_size > 0
 
     # The tables came out.

@@ -14,7 +14,7 @@
    ``get_gpu_setting`` / ``get_node_setting``: the step must hold every GPU (torchrun uses them all).
 3. On the local cluster (tests/slurm/start_cluster.sh, one node, 2 CPUs, no GPU): a one-rule workflow
    with the ``mpi`` resource goes through the plugin and the jobstep for real; the jobstep strips
-   ``SLURM_*`` from the rule, and ``pclbench.launch --launcher srun`` still finds the node, starts
+   ``SLURM_*`` from the rule, and ``pclbench.pretrain.launch --launcher srun`` still finds the node, starts
    2 gloo ranks with ``srun`` and they all-reduce. Skipped without a cluster unless
    PCLBENCH_REQUIRE_SLURM=1 (the fixture of tests/test_slurm.py).
 """
@@ -203,7 +203,7 @@ PROBE = '''
 import json, os, socket, sys
 import torch
 import torch.distributed as dist
-from pclbench import distributed as ddp
+from pclbench.pretrain import distributed as ddp
 
 assert ddp.init_from_env("gloo"), "no process group"
 value = torch.tensor([float(ddp.rank() + 1)])
@@ -224,7 +224,7 @@ rule ddp:
     shell:
         # what the rule sees of Slurm (the jobstep leaves SLURM_JOB_ID), then the launcher
         "(env | grep '^SLURM_' | sort > slurm_env.txt || true); "
-        "PYTHONPATH={probe_dir:q}:$PYTHONPATH {python:q} -m pclbench.launch --launcher srun --procs-per-node 2 "
+        "PYTHONPATH={probe_dir:q}:$PYTHONPATH {python:q} -m pclbench.pretrain.launch --launcher srun --procs-per-node 2 "
         "--gpus 0 --nodes {resources.nodes} --module ddp_probe -- ranks > {log:q} 2>&1"
 '''
 

@@ -13,7 +13,7 @@ import pytest
 from matplotlib.path import Path as MplPath
 from PIL import Image
 
-from pclbench.config import ConfigError, from_dict
+from pclbench.core.config import ConfigError, from_dict
 from pclbench.data import synth
 from pclbench.data import synth_render as sr
 

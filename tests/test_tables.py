@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pclbench.config import ConfigError
-from pclbench.tables import NOT_RUN, build_tables, latex_escape, load_published, normalise_probe
+from pclbench.core.config import ConfigError
+from pclbench.report.tables import NOT_RUN, build_tables, latex_escape, load_published, normalise_probe
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = {"primary_readout": "trunk", "decimals": 2,

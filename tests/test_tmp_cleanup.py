@@ -1,6 +1,6 @@
 """Temporary files of every single-file writer: removed when the write fails, dead writers' on the next write.
 
-Each writer goes through :func:`pclbench.io.atomic_file` (temporary ``.<name>.tmp-<host>-<pid>-*``).
+Each writer goes through :func:`pclbench.core.io.atomic_file` (temporary ``.<name>.tmp-<host>-<pid>-*``).
 A disk that fills up in the middle of a write is simulated with ``RLIMIT_FSIZE``: "attempts to extend
 a file beyond this limit result in delivery of a SIGXFSZ signal ... If the process is ignoring
 SIGXFSZ, the system call fails with the error EFBIG" (Linux man-pages, setrlimit(2)); it fails the
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pclbench.io import atomic_file, atomic_write_text, remove_stale_tmp
+from pclbench.core.io import atomic_file, atomic_write_text, remove_stale_tmp
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
@@ -82,30 +82,30 @@ def test_remove_stale_tmp_never_follows_a_symlink(tmp_path):
 
 # Each writer: (output file name, code writing `payload` (a str of `n` chars) to `out`).
 WRITERS = {
-    "io.atomic_write_text": ("a.txt", "from pclbench.io import atomic_write_text; atomic_write_text(out, payload)"),
-    "probe result": ("bench.json", "from pclbench.probes import save_result; save_result({'x': payload}, out)"),
-    "table": ("expression.md", "from pclbench.tables import _write_atomic; _write_atomic(out, payload)"),
+    "io.atomic_write_text": ("a.txt", "from pclbench.core.io import atomic_write_text; atomic_write_text(out, payload)"),
+    "probe result": ("bench.json", "from pclbench.evaluate import save_result; save_result({'x': payload}, out)"),
+    "table": ("expression.md", "from pclbench.report.tables import _write_atomic; _write_atomic(out, payload)"),
     "run info": ("extract.run.json",
-                 "from pclbench.runinfo import write_run_info; write_run_info(out.parent, 't', filename=out.name, "
+                 "from pclbench.core.provenance import write_run_info; write_run_info(out.parent, 't', filename=out.name, "
                  "note=payload)"),
     "acquire receipt": ("lfw.receipt.json",
                         "from pclbench.data.acquire import _atomic_json; _atomic_json(out, {'x': payload})"),
     "align work file": ("work.json",
-                        "from pclbench.data.align import _prepare_work; _prepare_work(out.parent, {'x': payload})"),
+                        "from pclbench.align.aligner import _prepare_work; _prepare_work(out.parent, {'x': payload})"),
     "align contact sheet": ("qc_samples.png", """
         import numpy as np
-        from pclbench.data.align import contact_sheet
+        from pclbench.align.aligner import contact_sheet
         rng = np.random.default_rng(len(payload))
         k = 1 if len(payload) < 100 else 16
         contact_sheet(rng.integers(0, 256, (k, 3, 64, 64), dtype=np.uint8), range(k), out)
     """),
     "figure (placeholder)": ("bars_pose.png", """
-        from pclbench.figures import placeholder
+        from pclbench.report.figures import placeholder
         placeholder(out, payload[:20000], 100 if len(payload) < 100 else 300)
     """),
     "extract features": ("test.npz", """
         import numpy as np, pandas as pd
-        import pclbench.checkpoint as ck, pclbench.data.shards as sh, pclbench.extract as ex
+        import pclbench.pretrain.checkpoint as ck, pclbench.align.shards as sh, pclbench.evaluate.extract as ex
         from pclbench.cli import load_config
         n = 4
         class Shard:
@@ -151,7 +151,7 @@ def test_writer_cleans_its_temp_on_a_full_disk_and_dead_writers_temps_on_start(t
 
 
 def test_no_writer_builds_temporary_names_by_hand():
-    """Every single-file writer uses pclbench.io (above); a hand-made `.<name>.<pid>.tmp` would leak on
+    """Every single-file writer uses pclbench.core.io (above); a hand-made `.<name>.<pid>.tmp` would leak on
     a full disk. Left as they are, with their own cleanup: the trainer's checkpoint writer
     (checkpoint.py, removes `.<name>.<pid>.tmp` on error and on start), download.py's
     atomic_write_text (removes its mkstemp temp on error), dvc_export.py (dvc.yaml, run by hand), train.py
@@ -169,8 +169,8 @@ def test_no_writer_builds_temporary_names_by_hand():
 
 
 def test_atomic_dir_cleans_a_dead_writers_temp_folder_on_start(tmp_path):
-    """The shard / dataset folders (`.<split>.tmp-<host>-<pid>-*`, pclbench.io.atomic_dir)."""
-    from pclbench.io import atomic_dir
+    """The shard / dataset folders (`.<split>.tmp-<host>-<pid>-*`, pclbench.core.io.atomic_dir)."""
+    from pclbench.core.io import atomic_dir
 
     final = tmp_path / "aligned" / "train"
     made = _leftovers(final)
@@ -185,7 +185,7 @@ def test_atomic_dir_cleans_a_dead_writers_temp_folder_on_start(tmp_path):
 def test_previous_output_renamed_aside_by_a_killed_writer_is_put_back(tmp_path):
     """atomic_dir renames the previous output aside, then the new one into place: a writer killed in
     between left no `final` but `.<name>.old-<host>-<dead pid>-*`, which the next start restores."""
-    from pclbench.io import atomic_dir
+    from pclbench.core.io import atomic_dir
 
     final = tmp_path / "raw" / "raf_db"
     final.parent.mkdir()

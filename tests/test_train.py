@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pclbench.checkpoint import load_checkpoint, load_encoder
-from pclbench.config import ConfigError
-from pclbench.methods import METHODS, PCL
+from pclbench.pretrain.checkpoint import load_checkpoint, load_encoder
+from pclbench.core.config import ConfigError
+from pclbench.pretrain.methods import METHODS, PCL
 from pclbench.models import ModelConfig
-from pclbench.train import VideoShard, train
+from pclbench.pretrain.trainer import VideoShard, train
 
 from tiny_sections import MODEL, VIEWS
 from tiny_sections import PCL as PCL_CFG
@@ -228,7 +228,7 @@ def test_swap_grid_columns_are_the_image_its_flip_and_the_four_decodings():
         e_f, p_f = (t.flatten(1) for t in net.encoder.forward_maps(x.flip(-1))[1:])
         for col, code in enumerate((e_f + p_n, e_n + p_f, e_n + p_n, e_f + p_f), start=2):
             torch.testing.assert_close(grid[:, col], net.decoder(code).clamp(0, 1), atol=1e-5, rtol=1e-4)
-    from pclbench.figures import save_swap_grid
+    from pclbench.report.figures import save_swap_grid
 
     with pytest.raises(ValueError, match=r"expected \(rows, 6, 3, H, W\)"):
         save_swap_grid(grid[:, :5], "unused.png")

@@ -12,8 +12,8 @@ import textwrap
 import pytest
 import torch
 
-from pclbench.checkpoint import DiskFullError, load_checkpoint
-from pclbench.train import EXIT_LOCKED, OutputLocked, Preempted, train
+from pclbench.pretrain.checkpoint import DiskFullError, load_checkpoint
+from pclbench.pretrain.trainer import EXIT_LOCKED, OutputLocked, Preempted, train
 
 from test_resume import _signal_at
 from test_train import config, write_shard
@@ -137,7 +137,7 @@ def test_save_checkpoint_on_a_really_full_device(tmp_path, monkeypatch):
     plain OSError 28, which save_checkpoint turns into DiskFullError; the old file stays."""
     import builtins
 
-    from pclbench import checkpoint as ck
+    from pclbench.pretrain import checkpoint as ck
     from test_checkpoint import make_state
     from pclbench.models import build_encoder
 
@@ -153,7 +153,7 @@ def test_save_checkpoint_on_a_really_full_device(tmp_path, monkeypatch):
 
 
 def test_atomic_dir_removes_a_dead_writers_tmp_folder_only(tmp_path):
-    from pclbench.io import _tmp_prefix, atomic_dir
+    from pclbench.core.io import _tmp_prefix, atomic_dir
 
     final = tmp_path / "split"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,

@@ -3,9 +3,9 @@ section (``views.sobel_overflow``) and the epoch unit that ``epochs trained`` co
 "Faithful vs fixed")."""
 from __future__ import annotations
 
-from pclbench.checkpoint import FORMAT, save_checkpoint
+from pclbench.pretrain.checkpoint import FORMAT, save_checkpoint
 from pclbench.cli import checkpoint_info
-from pclbench.tables import _variant_text
+from pclbench.report.tables import _variant_text
 
 
 def _state(config: dict) -> dict:

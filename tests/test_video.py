@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pclbench.config import ConfigError, from_dict
+from pclbench.core.config import ConfigError, from_dict
 from pclbench.data.parsers import PARSERS, SourceLayoutError
 from pclbench.data.video import VideoConfig, keep_frame, read_exclusion, sample_frames, write_video
 

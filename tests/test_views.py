@@ -9,8 +9,8 @@ import torch
 import torchvision.transforms.functional as TF
 from scipy import ndimage
 
-from pclbench.config import ConfigError
-from pclbench.views import (ViewConfig, add_noise, adjust_brightness, adjust_contrast, adjust_hue,
+from pclbench.core.config import ConfigError
+from pclbench.pretrain.views import (ViewConfig, add_noise, adjust_brightness, adjust_contrast, adjust_hue,
                             adjust_saturation, distance_crop, face_views, gaussian_blur, hsv_to_rgb,
                             patch_half_size, photometric, pose_views, rgb_to_hsv, sample_distance_boxes,
                             sobel)

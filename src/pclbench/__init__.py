@@ -9,8 +9,8 @@ __version__ = "0.1.0"
 
 
 def load_encoder(path, map_location="cpu"):
-    """Frozen encoder from a pclbench or an authors' checkpoint (:func:`pclbench.checkpoint.load_encoder`)."""
-    from .checkpoint import load_encoder as _load
+    """Frozen encoder from a pclbench or an authors' checkpoint (:func:`pclbench.pretrain.checkpoint.load_encoder`)."""
+    from pclbench.pretrain.checkpoint import load_encoder as _load
 
     return _load(path, map_location=map_location)
 

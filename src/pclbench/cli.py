@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from .config import DEFAULT_CONFIG, YTE_KEY, ConfigError, check_config_values, deep_merge
+from pclbench.core.config import DEFAULT_CONFIG, YTE_KEY, ConfigError, check_config_values, deep_merge
 
 
 def load_config(files: Sequence[str | Path] = (), params: str | None = None) -> dict:
@@ -26,9 +26,9 @@ def load_config(files: Sequence[str | Path] = (), params: str | None = None) -> 
     Refused with a :class:`ConfigError` before the schema: a file holding ``__use_yte__`` (Snakemake
     would render it as a YTE template, evaluating Python in it; snakemake PR #2269), and, anywhere in
     the merged result, NaN / infinities and shell syntax in ``paths.*``
-    (:func:`pclbench.config.check_config_values`).
+    (:func:`pclbench.core.config.check_config_values`).
     """
-    from .schema import validate_config
+    from pclbench.core.schema import validate_config
 
     cfg: dict[str, Any] = {}
     if not files and params is None:
@@ -71,10 +71,10 @@ def cmd_validate(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .data import synth
+    from pclbench.data import synth
 
     cfg = load_config(args.config, args.params)
-    from .config import from_dict
+    from pclbench.core.config import from_dict
 
     scfg = from_dict(synth.SynthConfig, cfg["synth"], "synth")
     if args.dataset not in synth.DATASETS:
@@ -88,9 +88,9 @@ def cmd_generate(args) -> int:
 
 def cmd_acquire(args) -> int:
     """Download + verify + extract (source url) or check what the user placed (source manual)."""
-    from .data.acquire import DatasetNotFound, acquire, download_config, receipts_dir
-    from .data.archive import UnsafeArchive
-    from .data.download import DownloadError
+    from pclbench.data.acquire import DatasetNotFound, acquire, download_config, receipts_dir
+    from pclbench.data.archive import UnsafeArchive
+    from pclbench.data.download import DownloadError
 
     params = args.params
     if args.download is not None:
@@ -124,7 +124,7 @@ def cmd_acquire(args) -> int:
 
 def cmd_prepare(args) -> int:
     """A real dataset in its official layout -> the stage-1 layout (pclbench.data.parsers)."""
-    from .data.parsers import SourceFormatError, SourceLayoutError, prepare_dataset
+    from pclbench.data.parsers import SourceFormatError, SourceLayoutError, prepare_dataset
 
     cfg = load_config(args.config, args.params)
     entry = (cfg.get("datasets") or {}).get(args.dataset)
@@ -142,16 +142,16 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_contact_sheet(args) -> int:
-    from .data import synth
+    from pclbench.data import synth
 
     synth.contact_sheet(Path(args.data), Path(args.out), n=args.n, seed=args.seed)
     return 0
 
 
 def cmd_align(args) -> int:
-    from .config import from_dict
-    from .data.align import AlignConfig, align_split
-    from .data.parsers import SourceFormatError
+    from pclbench.core.config import from_dict
+    from pclbench.align.aligner import AlignConfig, align_split
+    from pclbench.data.parsers import SourceFormatError
 
     cfg = load_config(args.config, args.params)
     acfg = from_dict(AlignConfig, cfg["align"], "align")
@@ -162,7 +162,7 @@ def cmd_align(args) -> int:
             raise ConfigError(f"dataset {args.dataset!r} is not in the config's datasets and --size was not given")
         size = ds["size"]
     if args.part is not None:  # one scatter job: compute this part's chunks into <out>.parts/
-        from .data.align import align_chunks
+        from pclbench.align.aligner import align_chunks
 
         parts = args.parts if args.parts is not None else acfg.parts
         try:
@@ -174,12 +174,12 @@ def cmd_align(args) -> int:
         logging.info("align part %d/%d: %d chunk(s) computed, %d reused", args.part + 1, parts,
                      len(info["computed"]), len(info["reused"]))
         if args.done:
-            from .io import atomic_write_text
+            from pclbench.core.io import atomic_write_text
 
             atomic_write_text(args.done, json.dumps(info) + "\n")
         return 0
     if args.merge:  # the gather job: every chunk -> the shard
-        from .data.align import merge_chunks
+        from pclbench.align.aligner import merge_chunks
 
         try:
             qc = merge_chunks(Path(args.raw), args.split, Path(args.out), acfg, size=size, dataset=args.dataset)
@@ -198,7 +198,7 @@ def cmd_align(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from .train import train
+    from pclbench.pretrain.trainer import train
 
     cfg = load_config(args.config, args.params)
     train(args.method, Path(args.data), Path(args.out), cfg)
@@ -206,9 +206,9 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .extract import evaluate_config, extract
+    from pclbench.evaluate.extract import evaluate_config, extract
 
-    from .runinfo import write_run_info
+    from pclbench.core.provenance import write_run_info
 
     cfg = load_config(args.config, args.params)
     out = Path(args.out)
@@ -220,8 +220,8 @@ def cmd_extract(args) -> int:
 
 def cmd_probe(args) -> int:
     """One (method, benchmark) probe job: every readout x seed -> results/probes/<method>/<benchmark>.json."""
-    from .probes import run_benchmark, save_result
-    from .runinfo import run_info
+    from pclbench.evaluate import run_benchmark, save_result
+    from pclbench.core.provenance import run_info
 
     cfg = load_config(args.config, args.params)
     benches = cfg.get("benchmarks") or {}
@@ -243,7 +243,7 @@ def cmd_probe(args) -> int:
 
 def checkpoint_info(path: Path) -> dict:
     """What a table footnote must say about an encoder: method, variant options, training length."""
-    from .checkpoint import load_checkpoint
+    from pclbench.pretrain.checkpoint import load_checkpoint
 
     ck = load_checkpoint(path)
     config = ck.get("config") or {}
@@ -257,7 +257,7 @@ def checkpoint_info(path: Path) -> dict:
         sobel = (config.get("views") or {}).get("sobel_overflow")
         if sobel in ("faithful", "fixed"):
             info["variant"]["views.sobel_overflow"] = sobel
-        from .methods import ablation_label
+        from pclbench.pretrain.methods import ablation_label
 
         info["ablation"] = ablation_label(config["pcl"])
     elif isinstance(config.get(ck.get("method")), dict):
@@ -271,7 +271,7 @@ def checkpoint_info(path: Path) -> dict:
 
 
 def cmd_tables(args) -> int:
-    from .tables import build_tables, load_published
+    from pclbench.report.tables import build_tables, load_published
 
     cfg = load_config(args.config, args.params)
     if "tables" not in cfg:
@@ -283,13 +283,13 @@ def cmd_tables(args) -> int:
             raise ConfigError(f"--not-run {item!r}: expected NAME=REASON (benchmark name, then why it did not run)")
         not_run[name] = reason or "no reason given"
     published = load_published(args.published or cfg["tables"]["published"])
-    from .tables import load_probe
+    from pclbench.report.tables import load_probe
 
     results = [load_probe(p) for p in args.results]
     t0 = time.perf_counter()
     paths = build_tables(results, Path(args.out), cfg, not_run=not_run, published=published,
                          metrics_json=args.metrics_json)
-    from .runinfo import write_run_info
+    from pclbench.core.provenance import write_run_info
 
     write_run_info(Path(args.out), "tables", config=cfg, timings={"total": time.perf_counter() - t0},
                    inputs=[str(p) for p in args.results])
@@ -299,9 +299,9 @@ def cmd_tables(args) -> int:
 
 
 def cmd_figures(args) -> int:
-    """Report figures (pclbench.figures): bars | curves | swap-grid | embedding."""
-    from . import figures as F
-    from .config import from_dict
+    """Report figures (pclbench.report.figures): bars | curves | swap-grid | embedding."""
+    from pclbench.report import figures as F
+    from pclbench.core.config import from_dict
 
     cfg = load_config(args.config, args.params)
     if "figures" not in cfg:
@@ -313,7 +313,7 @@ def cmd_figures(args) -> int:
     if absent:
         raise ConfigError(f"figures {args.kind}: missing {', '.join(absent)}")
     if args.kind == "bars":
-        from .tables import Comparison, Published, load_probe
+        from pclbench.report.tables import Comparison, Published, load_probe
 
         if "tables" not in cfg:
             raise ConfigError("figures bars needs the config sections 'tables', 'workflow' and 'benchmarks'")
@@ -343,9 +343,9 @@ def cmd_figures(args) -> int:
 
 
 def cmd_import_official(args) -> int:
-    """Authors' best.pth -> pclbench checkpoint (docs/method.md §1.8, 2.9; see pclbench.official)."""
-    from .checkpoint import CheckpointError
-    from .official import import_official
+    """Authors' best.pth -> pclbench checkpoint (docs/method.md §1.8, 2.9; see pclbench.pretrain.official)."""
+    from pclbench.pretrain.checkpoint import CheckpointError
+    from pclbench.pretrain.official import import_official
 
     cfg = load_config(args.config, args.params)
     if "model" not in cfg:
@@ -362,7 +362,7 @@ def cmd_import_official(args) -> int:
 
 
 def cmd_dvc_yaml(args) -> int:
-    from .dvc_export import write_dvc_yaml
+    from pclbench.core.dvc_export import write_dvc_yaml
 
     write_dvc_yaml(Path(args.out), configfiles=args.configfile, per_job=args.per_job)
     return 0
@@ -502,14 +502,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--log", default=None, metavar="FILE",
                        help="append this command's output to FILE (the workflow's job log); if FILE cannot be "
                             "written (full disk) the output goes to stderr, and a failure always ends with one "
-                            "line on stderr (pclbench.joblog)")
+                            "line on stderr (pclbench.core.joblog)")
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.log is not None:  # the command owns its log file (pclbench.joblog: full disks, the final line)
-        from .joblog import run_logged
+    if args.log is not None:  # the command owns its log file (pclbench.core.joblog: full disks, the final line)
+        from pclbench.core.joblog import run_logged
 
         return run_logged(args.log, args.command, lambda: _run(args))
     return _run(args)
@@ -528,7 +528,7 @@ def _run(args) -> int:
         # pclbench checkpoint, an oversized encoder spec) or a full disk while saving one (DiskFullError)
         # is the user's to fix: a message, not a traceback; anything else keeps its traceback. Looked up
         # in sys.modules so that commands that never load a checkpoint never import torch for this.
-        ck = sys.modules.get("pclbench.checkpoint")
+        ck = sys.modules.get("pclbench.pretrain.checkpoint")
         if ck is None or not isinstance(e, (ck.CheckpointError, ck.DiskFullError)):
             raise
         what = "checkpoint error: " if isinstance(e, ck.CheckpointError) else ""

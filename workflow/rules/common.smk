@@ -10,10 +10,10 @@ import yaml
 
 from snakemake.utils import validate
 
-from pclbench.config import check_config_values, deep_merge
+from pclbench.core.config import check_config_values, deep_merge
 from pclbench.data.acquire import missing_manual_files, receipts_dir
 from pclbench.data.parsers import PARSER_SECTIONS
-from pclbench.tables import table_names
+from pclbench.report.tables import table_names
 
 # NaN / +-inf (which jsonschema's `type: number` accepts) and shell syntax in paths.* are refused first,
 # with the key path; then the schema. A config using Snakemake's YTE templating (`__use_yte__: true`)
@@ -31,7 +31,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 # in tests/test_lint.py): the interpreter is the software, not a parameter of a result, and as a param
 # it would be recorded with every output, so an environment at another path would re-run every job.
 PCLBENCH = [sys.executable, "-m", "pclbench"]
-PCLBENCH_LAUNCH = [sys.executable, "-m", "pclbench.launch"]
+PCLBENCH_LAUNCH = [sys.executable, "-m", "pclbench.pretrain.launch"]
 
 SOURCES = config["paths"]["sources"]
 RAW = config["paths"]["raw"]
@@ -52,7 +52,7 @@ SYNTHETIC = [name for name, d in DATASETS.items() if d["source"] == "synthetic"]
 
 
 VARIANTS = config["variants"]
-# the registered methods (pclbench.methods.METHODS), as the schema lists them for variants.*.method
+# the registered methods (pclbench.pretrain.methods.METHODS), as the schema lists them for variants.*.method
 # (tests/test_baselines.py keeps the two equal; read here without importing torch)
 with open(os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")) as _fh:
     REGISTERED_METHODS = tuple(
@@ -289,7 +289,7 @@ if _EMB["methods"] and not _EMB_OK:
 
 
 def report_table_files(exts=("md", "csv", "tex", "html")):
-    """Every table file `pclbench tables` writes (pclbench.tables.table_names; the summary has no .tex)."""
+    """Every table file `pclbench tables` writes (pclbench.report.tables.table_names; the summary has no .tex)."""
     return [
         f"{TABLES_DIR}/{n}.{e}" for n in table_names(REPORT_TASKS) for e in exts if not (n == "summary" and e == "tex")
     ]

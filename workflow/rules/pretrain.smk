@@ -32,7 +32,7 @@ rule pretrain:
     retries: 3
     threads: workflow.cores
     # gpu = all GPUs of the job, nodes = nodes (set per cluster in profiles/default; these defaults
-    # apply without a profile). pclbench.launch runs the trainer plainly with <= 1 GPU, under
+    # apply without a profile). pclbench.pretrain.launch runs the trainer plainly with <= 1 GPU, under
     # `torchrun --standalone --nproc_per_node=<gpu>` with several, and with `srun` over several nodes.
     resources:
         gpu=0,

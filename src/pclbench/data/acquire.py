@@ -34,10 +34,10 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from ..config import ConfigError, from_dict
-from ..io import atomic_write_text
-from .archive import CorruptArchive, extract_archive
-from .download import DownloadConfig, DownloadError, FileSpec, LockFile, fetch, file_digests
+from pclbench.core.config import ConfigError, from_dict
+from pclbench.core.io import atomic_write_text
+from pclbench.data.archive import CorruptArchive, extract_archive
+from pclbench.data.download import DownloadConfig, DownloadError, FileSpec, LockFile, fetch, file_digests
 
 log = logging.getLogger(__name__)
 

@@ -297,7 +297,7 @@ def extract_archive(archive: str | os.PathLike, target: str | os.PathLike, *, ma
         raise UnsafeArchive(f"cannot extract {archive} into {target}: a file is in the way of that folder; "
                             f"move it away and run again") from None
     # .extract-<archive>.tmp-<host>-<pid>-*: removed on error below; a killed extraction's by the next one
-    from ..io import remove_stale_tmp, tmp_prefix
+    from pclbench.core.io import remove_stale_tmp, tmp_prefix
 
     remove_stale_tmp(target / f"extract-{archive.name}")
     tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(f"extract-{archive.name}"), dir=target))

@@ -89,7 +89,7 @@ from typing import Any, Iterator, Optional
 
 import yaml
 
-from .archive import UnsafeArchive, archive_kind, verify_archive
+from pclbench.data.archive import UnsafeArchive, archive_kind, verify_archive
 
 log = logging.getLogger(__name__)
 

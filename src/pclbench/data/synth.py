@@ -62,10 +62,10 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..config import ConfigError
-from ..io import atomic_dir, atomic_file
-from . import landmarks as _landmarks
-from .synth_render import (  # noqa: F401  (re-exported public API)
+from pclbench.core.config import ConfigError
+from pclbench.core.io import atomic_dir, atomic_file
+from pclbench.align import landmarks as _landmarks
+from pclbench.data.synth_render import (  # noqa: F401  (re-exported public API)
     AU_NAMES,
     EXPRESSIONS,
     IBUG68_FLIP_PERMUTATION,

@@ -18,7 +18,7 @@ Conventions (every module relies on them)
 * Head frame, units of about 10 cm: x points to the *image right* of a frontal face (= the subject's
   left), y up, z out of the face towards the camera. The eye line is at y = 0.
 * Image: x right, y down; landmark ``(x, y)`` is in pixels with ``(0, 0)`` the *centre* of the
-  top-left pixel (0-based pixel centres, the convention of :mod:`pclbench.data.landmarks`).
+  top-left pixel (0-based pixel centres, the convention of :mod:`pclbench.align.landmarks`).
 * Head pose in degrees, order (yaw, pitch, roll); a head-frame point p goes to the camera frame as
   ``R @ p`` with ``R = Rz(roll) @ Ry(-yaw) @ Rx(-pitch)`` (right-handed elementary rotations), i.e.
 

@@ -25,7 +25,7 @@ from typing import Iterator, Literal
 import numpy as np
 from PIL import Image
 
-from ..config import ConfigError
+from pclbench.core.config import ConfigError
 
 
 @dataclass

@@ -9,10 +9,10 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from ..config import ConfigError, from_dict
-from .encoders import (ENCODERS, FaceCycleEncoder, ResidualBlock, ResNet18Encoder, ResNet50Encoder,
+from pclbench.core.config import ConfigError, from_dict
+from pclbench.models.encoders import (ENCODERS, FaceCycleEncoder, ResidualBlock, ResNet18Encoder, ResNet50Encoder,
                        ResNetEncoder, SelfAttention)
-from .heads import Decoder, ProjectionMLP
+from pclbench.models.heads import Decoder, ProjectionMLP
 
 
 @dataclass

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..registry import Registry
+from pclbench.core.registry import Registry
 
 ENCODERS: Registry = Registry("encoder")
 
@@ -268,7 +268,7 @@ class ResNetEncoder(TrunkHeadsEncoder):
 
     def __init__(self, width: int):
         super().__init__()
-        from ..config import ConfigError
+        from pclbench.core.config import ConfigError
 
         if isinstance(width, bool) or not isinstance(width, int) or width != RESNET_WIDTH:
             raise ConfigError(f"model.width: encoder {self.arch!r} has torchvision's fixed base width "

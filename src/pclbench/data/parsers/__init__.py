@@ -33,8 +33,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Mapping
 
-from ...registry import Registry
-from .stage1 import SourceFormatError, SourceLayoutError
+from pclbench.core.registry import Registry
+from pclbench.data.parsers.stage1 import SourceFormatError, SourceLayoutError
 
 Parser = Callable[..., dict]
 
@@ -50,8 +50,8 @@ def prepare_synth(entry: Mapping, source: Path, out: Path) -> dict:
 
 
 # Each module registers itself with @PARSERS.register(name) on import.
-from . import affectnet, bp4d, cplfw, disfa, fer2013, headpose, lfw, raf_db, voxceleb  # noqa: E402,F401
-from . import voxceleb  # noqa: E402,F401  (voxceleb1, voxceleb2: video frames / face-crop frames)
+from pclbench.data.parsers import affectnet, bp4d, cplfw, disfa, fer2013, headpose, lfw, raf_db, voxceleb  # noqa: E402,F401
+from pclbench.data.parsers import voxceleb  # noqa: E402,F401  (voxceleb1, voxceleb2: video frames / face-crop frames)
 
 
 # Config sections (besides the dataset entry) a parser reads, by parser name.

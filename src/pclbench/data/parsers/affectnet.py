@@ -74,9 +74,9 @@ from typing import Iterator, Mapping, NamedTuple
 
 import numpy as np
 
-from ...io import atomic_dir
-from . import PARSERS
-from .stage1 import (EXPRESSIONS_8, Progress, SourceFormatError, SourceLayoutError, check_splits, find_first,
+from pclbench.core.io import atomic_dir
+from pclbench.data.parsers import PARSERS
+from pclbench.data.parsers.stage1 import (EXPRESSIONS_8, Progress, SourceFormatError, SourceLayoutError, check_splits, find_first,
                      inside, is_regular_file, log, make_row, place_image, safe_relpath, save_pts, write_manifest,
                      write_meta, read_text, csv_records)
 

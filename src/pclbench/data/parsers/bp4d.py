@@ -41,9 +41,9 @@ import re
 from pathlib import Path
 from typing import Mapping
 
-from ...io import atomic_dir
-from . import PARSERS
-from .stage1 import (Progress, SourceFormatError, SourceLayoutError, au_column, check_splits, find_first, inside,
+from pclbench.core.io import atomic_dir
+from pclbench.data.parsers import PARSERS
+from pclbench.data.parsers.stage1 import (Progress, SourceFormatError, SourceLayoutError, au_column, check_splits, find_first, inside,
                      is_regular_file, log, make_row, place_image, write_manifest, write_meta, read_text, csv_records)
 
 LAYOUT = """  <source>/AUCoding/AU_OCC/F001_T1.csv   (or <source>/AUCoding/F001_T1.csv): header row of AU numbers,

@@ -58,9 +58,9 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from ...io import atomic_dir
-from . import PARSERS
-from .stage1 import (Progress, SourceFormatError, SourceLayoutError, au_column, check_splits, find_first, inside,
+from pclbench.core.io import atomic_dir
+from pclbench.data.parsers import PARSERS
+from pclbench.data.parsers.stage1 import (Progress, SourceFormatError, SourceLayoutError, au_column, check_splits, find_first, inside,
                      is_regular_file, log, make_row, place_image, write_manifest, write_meta, read_text)
 
 LAYOUT = """  <source>/ActionUnit_Labels/SN001/SN001_au1.txt ... _au26.txt   lines "<frame>,<intensity>"

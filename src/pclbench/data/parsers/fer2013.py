@@ -28,9 +28,9 @@ from typing import Mapping
 import numpy as np
 from PIL import Image
 
-from ...io import atomic_dir
-from . import PARSERS
-from .stage1 import (RAF_EXPRESSIONS, Progress, SourceFormatError, check_splits, find_first, log, make_row,
+from pclbench.core.io import atomic_dir
+from pclbench.data.parsers import PARSERS
+from pclbench.data.parsers.stage1 import (RAF_EXPRESSIONS, Progress, SourceFormatError, check_splits, find_first, log, make_row,
                      write_manifest, write_meta, read_text, csv_records)
 
 LAYOUT = """  <source>/fer2013.csv   (or <source>/fer2013/fer2013.csv, or Kaggle's icml_face_data.csv)

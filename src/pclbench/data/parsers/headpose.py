@@ -100,11 +100,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ...io import atomic_dir
-from ..landmarks import LEFT_EYE, NOSE_TIP, RIGHT_EYE
-from ..synth_render import IBUG68_FLIP_PERMUTATION
-from . import PARSERS
-from .stage1 import (POSE_CONVENTION, Progress, SourceFormatError, SourceLayoutError, check_splits,
+from pclbench.core.io import atomic_dir
+from pclbench.align.landmarks import LEFT_EYE, NOSE_TIP, RIGHT_EYE
+from pclbench.data.synth_render import IBUG68_FLIP_PERMUTATION
+from pclbench.data.parsers import PARSERS
+from pclbench.data.parsers.stage1 import (POSE_CONVENTION, Progress, SourceFormatError, SourceLayoutError, check_splits,
                      inside, is_regular_file, log, make_row, place_image, save_pts, write_manifest, write_meta)
 
 LAYOUT_300WLP = """  <source>/300W_LP/{AFW,HELEN,IBUG,LFPW}[_Flip]/<name>.jpg + <name>.mat (Pose_Para 1x7)

@@ -35,8 +35,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from . import PARSERS
-from .stage1 import SourceFormatError, UnsafePathError, check_splits, find_first, write_pairs_dataset, read_text
+from pclbench.data.parsers import PARSERS
+from pclbench.data.parsers.stage1 import SourceFormatError, UnsafePathError, check_splits, find_first, write_pairs_dataset, read_text
 
 LAYOUT = """  <source>/lfw/<Person_Name>/<Person_Name>_0001.jpg   (lfw.tgz unpacked)
   <source>/pairs.txt  (or <source>/downloads/pairs.txt): "10 300", then per set 300 lines "name i j"

@@ -26,9 +26,9 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from ...io import atomic_dir
-from . import PARSERS
-from .stage1 import (RAF_EXPRESSIONS, Progress, SourceFormatError, SourceLayoutError, check_splits, find_first,
+from pclbench.core.io import atomic_dir
+from pclbench.data.parsers import PARSERS
+from pclbench.data.parsers.stage1 import (RAF_EXPRESSIONS, Progress, SourceFormatError, SourceLayoutError, check_splits, find_first,
                      inside, is_regular_file, log, make_row, place_image, read_text, safe_relpath, write_manifest,
                      write_meta)
 

@@ -19,7 +19,7 @@ Missing-value conventions (the architecture doc's, applied to real data):
 * AU columns are written only by AU datasets (DISFA, BP4D) and never hold missing values: frames
   without a valid code for every written AU are dropped and counted in meta.json.
 
-The output folder is written through :func:`pclbench.io.atomic_dir`: a crash or a bad source file
+The output folder is written through :func:`pclbench.core.io.atomic_dir`: a crash or a bad source file
 leaves the previous output (or nothing) in place, never half a dataset.
 """
 from __future__ import annotations
@@ -39,8 +39,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ...io import atomic_dir
-from ..landmarks import write_pts
+from pclbench.core.io import atomic_dir
+from pclbench.align.landmarks import write_pts
 
 log = logging.getLogger("pclbench.data.parsers")
 

@@ -70,11 +70,11 @@ import unicodedata
 from pathlib import Path
 from typing import Mapping
 
-from ...config import from_dict, resource_path
-from ...io import atomic_dir
-from ..video import VideoConfig, VideoDecodeError, extract_clip, read_exclusion
-from . import PARSERS
-from .stage1 import (Progress, SourceFormatError, SourceLayoutError, UnsafePathError, inside, is_regular_file,
+from pclbench.core.config import from_dict, resource_path
+from pclbench.core.io import atomic_dir
+from pclbench.data.video import VideoConfig, VideoDecodeError, extract_clip, read_exclusion
+from pclbench.data.parsers import PARSERS
+from pclbench.data.parsers.stage1 import (Progress, SourceFormatError, SourceLayoutError, UnsafePathError, inside, is_regular_file,
                      make_row, place_image, safe_relpath, write_manifest, write_meta, csv_records)
 
 log = logging.getLogger("pclbench.data.parsers")
@@ -198,7 +198,7 @@ def match_identities(folders: list[str], meta: Mapping[str, Mapping[str, str]]) 
 def _resolve(path_str: str) -> Path | None:
     """A config path: as given (relative to the working directory), else the repository's file of that
     name (the documented meaning of ``video.exclusion_file``; no configuration is read here), which an
-    installed wheel carries as package data (:func:`pclbench.config.resource_path`)."""
+    installed wheel carries as package data (:func:`pclbench.core.config.resource_path`)."""
     if not path_str:
         return None
     p = Path(path_str)

@@ -1,0 +1,1 @@
+"""Stage 2, landmark alignment (workflow/rules/align.smk): landmarks, crops, aligned shards."""

@@ -1,0 +1,1 @@
+"""Shared core: configuration and its schema, registries, atomic I/O, provenance, job logs."""

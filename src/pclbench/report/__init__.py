@@ -1,0 +1,1 @@
+"""Stage 5, comparison tables and figures (workflow/rules/report.smk)."""
