@@ -53,6 +53,19 @@ class ConfigError(ValueError):
     """A config value is missing, unknown or invalid; the message names the key path."""
 
 
+def setting(description: str, *, choices: Any = None, **schema: Any) -> Any:
+    """One key of a config section's typed model: required (no default: the value comes from the config
+    file only), with its one-line ``description`` and its JSON-schema keywords, spelt as in JSON schema
+    (``minimum``, ``exclusiveMinimum``, ``maximum``, ``minItems``, ``pattern``, ``items`` ...).
+
+    ``choices``: the allowed values where they come from a registry (``choices=ENCODERS``): iterated when
+    the schema is generated, so a newly registered name is allowed without touching the schema. The field's
+    type gives ``type`` / ``enum`` (``Literal``) / nesting; :mod:`pclbench.core.schema_gen` writes the
+    module sections of ``workflow/schemas/config.schema.yaml`` from these.
+    """
+    return dataclasses.field(metadata={"description": description, "choices": choices, "schema": schema})
+
+
 def from_dict(cls: Type[C], data: Mapping[str, Any], where: str = "") -> C:
     """Build dataclass ``cls`` from ``data``, strictly.
 
