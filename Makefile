@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 CORES ?= all
 STAMP := $(VENV)/.pclbench-installed
 
-.PHONY: run test venv dryrun dvc-yaml dvc-pull clean-results
+.PHONY: run test venv dryrun dvc-yaml schema dvc-pull clean-results
 
 venv: $(STAMP)
 
@@ -33,6 +33,11 @@ dryrun: $(STAMP)
 # (the stages pass them to Snakemake and read params from them; README "DVC").
 dvc-yaml: $(STAMP)
 	$(PY) -m pclbench dvc-yaml --out dvc.yaml $(if $(CONFIGFILES),--configfile $(CONFIGFILES))
+
+# workflow/schemas/config.schema.yaml = wiring.schema.yaml (hand-written) + the schema of every section
+# model (pclbench.core.schema_gen): run after adding or changing a config key; tests fail on a stale file.
+schema: $(STAMP)
+	$(PY) -m pclbench schema --out workflow/schemas/config.schema.yaml
 
 # Fetch everything from the DVC remote, then re-stamp the outputs in DAG order (dvc pull gives them
 # new, unordered mtimes; snakemake --touch runs nothing) so that `snakemake -n` has nothing to do.

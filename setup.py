@@ -3,7 +3,7 @@
 All project metadata lives in pyproject.toml; this file only adds one build step. The files below stay
 where Snakemake reads them (workflow/schemas/, config/, workflow/report/: the single source of truth);
 ``build_py`` copies each to ``pclbench/_data/<same relative path>`` in the build directory, where
-:func:`pclbench.core.config.resource_path` finds them (importlib.resources) when the package does not run
+:func:`pclbench.core.resources.resource_path` finds them (importlib.resources) when the package does not run
 from the repository. No copy is kept in src/, so there is nothing that can go stale.
 
 Setuptools facts relied on (setuptools/command/build.py, ``SubCommand`` protocol, the pinned 84.2.1):

@@ -34,8 +34,11 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from pclbench.core.config import from_dict
-from pclbench.align.aligner import AlignConfig, align_split, apply_affine, warp_to_crop
-from pclbench.align.landmarks import LANDMARKERS, nme, read_pts, write_pts
+from pclbench.align.aligner import AlignConfig, align_split
+from pclbench.align.geometry import apply_affine
+from pclbench.align.warp import warp_to_crop
+from pclbench.align.landmarks import LANDMARKERS, nme
+from pclbench.align.pts import read_pts, write_pts
 
 
 def _cfg(backend: str, **over) -> AlignConfig:

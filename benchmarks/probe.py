@@ -135,7 +135,7 @@ def main() -> None:
     from pclbench.models import build_encoder
 
     cfg = yaml.safe_load(args.config.read_text())
-    probe = from_dict(ProbeConfig, {**cfg["probe"], "device": args.device}, "probe").check()
+    probe = from_dict(ProbeConfig, {**cfg["probe"], "device": args.device}, "probe")
     train = from_dict(TrainConfig, cfg["tasks"]["expression"]["train"], "tasks.expression.train").check(
         "tasks.expression.train")
     res = benchmark(lambda: build_encoder("facecycle", width=args.width), args.n, args.img_size, args.epochs,

@@ -1,6 +1,6 @@
 """Benchmark one PCL training iteration (3 optimiser steps, method doc 2.7), fed by two data paths.
 
-- ``ours``: pclbench's path: a uint8 memmap shard read by :class:`pclbench.pretrain.trainer.BatchLoader` (one
+- ``ours``: pclbench's path: a uint8 memmap shard read by :class:`pclbench.pretrain.stream.BatchLoader` (one
   background thread), views computed on the training device by ``pclbench.pretrain.views`` inside the steps.
 - ``reference``: the authors' path (method doc 3.1-3.4): per-image PIL augmentation in torch
   DataLoader workers (``benchmarks/reference_loader.py``), three loaders with ``--workers`` workers
@@ -54,7 +54,9 @@ import pclbench.pretrain.methods.pcl as pcl_module  # noqa: E402
 from pclbench.core.config import DEFAULT_CONFIG, deep_merge  # noqa: E402
 from pclbench.pretrain.methods import METHODS  # noqa: E402
 from pclbench.models import ModelConfig  # noqa: E402
-from pclbench.pretrain.trainer import BatchLoader, PretrainConfig, VideoShard, resolve_device  # noqa: E402
+from pclbench.core.device import resolve_device  # noqa: E402
+from pclbench.pretrain.stream import BatchLoader, VideoShard  # noqa: E402
+from pclbench.pretrain.trainer import PretrainConfig  # noqa: E402
 from reference_loader import ReferenceLoader  # noqa: E402
 
 # --ci: every size as small as the model allows (img_size stays 64: the decoder's output, 1.5)
@@ -104,7 +106,7 @@ def peak_memory(device: torch.device) -> int:
 
 
 def make_shard(out: Path, n_videos: int, frames: int, size: int, seed: int) -> Path:
-    """A shard in pclbench's aligned format (``images.npy`` uint8 (N, 3, S, S) + ``manifest.csv``)
+    """A shard in pclbench's aligned format (``images.npy`` uint8 (N, 3, S, S), ``landmarks.npy`` + ``manifest.csv``)
     with ``n_videos`` videos of ``frames`` frames of random pixels (augmentation cost does not depend
     on the content)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -114,6 +116,7 @@ def make_shard(out: Path, n_videos: int, frames: int, size: int, seed: int) -> P
     images[:] = rng.integers(0, 256, size=images.shape, dtype=np.uint8)
     images.flush()
     del images
+    np.save(out / "landmarks.npy", np.zeros((n, 68, 2), dtype=np.float32))  # open_shard checks it; unused here
     rows = np.arange(n)
     pd.DataFrame({"subject": rows // frames, "clip": 0, "row": rows}).to_csv(out / "manifest.csv", index=False)
     return out
@@ -246,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     threads = args.threads if args.threads is not None else pcfg.num_threads
     if threads > 0:
         torch.set_num_threads(threads)
-    device = resolve_device(pcfg.device)
+    device = resolve_device(pcfg.device, "pretrain.device")
     shard_size = args.shard_size or pcfg.img_size
 
     torch.manual_seed(pcfg.seed)

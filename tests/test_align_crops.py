@@ -19,20 +19,12 @@ from PIL import Image
 
 from bounded import replace_with_fifo, run_bounded
 from pclbench.core.config import ConfigError, from_dict
-from pclbench.align.aligner import (
-    AlignConfig,
-    BoxCropOptions,
-    align_chunks,
-    align_images,
-    align_split,
-    apply_affine,
-    box_transform,
-    canonical_template,
-    padding_fraction,
-    read_image,
-    to_rgb,
-)
-from pclbench.align.landmarks import LEFT_EYE, RIGHT_EYE, write_pts
+from pclbench.align.aligner import AlignConfig, BoxCropOptions, align_chunks, align_split
+from pclbench.align.geometry import apply_affine, box_transform, canonical_template, padding_fraction
+from pclbench.align.images import read_image, to_rgb
+from pclbench.align.warp import align_images
+from pclbench.align.landmarks import LEFT_EYE, RIGHT_EYE
+from pclbench.align.pts import write_pts
 from pclbench.align.shards import open_shard
 
 

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from pclbench.pretrain.augment import AugmentConfig, crop_resize, random_resized_crop, sample_crop_boxes, two_views
+from pclbench.pretrain.losses.info_nce import nt_xent
 from pclbench.core.config import ConfigError
 from pclbench.pretrain.methods import METHODS, MoCoConfig
 from pclbench.pretrain.methods.byol import byol_loss
 from pclbench.pretrain.methods.moco import moco_logits
-from pclbench.pretrain.methods.simclr import nt_xent
 from pclbench.pretrain.methods.two_view import ema_update
 from pclbench.models import ModelConfig
 from pclbench.pretrain.views import ViewConfig

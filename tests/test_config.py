@@ -5,6 +5,7 @@ import dataclasses
 import importlib
 import subprocess
 import sys
+import typing
 from typing import Literal, Optional
 
 import pytest
@@ -141,13 +142,73 @@ def test_unquoted_compile_off_as_dvc_exp_run_writes_it(tmp_path):
         load_config([edited])
 
 
-@pytest.mark.parametrize("section, module, cls", SECTIONS)
-def test_schema_section_and_dataclass_have_the_same_keys(section, module, cls):
-    """The schema (workflow/schemas/config.schema.yaml) and the dataclass that reads a section name the
-    same keys, and the schema refuses unknown ones: the two copies cannot drift apart silently."""
-    from pclbench.core.schema import load_schema
+def _section_models():
+    from pclbench.core.schema_gen import SECTION_MODELS
 
+    return list(SECTION_MODELS)
+
+
+def _config_keys_match_model(value, cls, where):
+    """Every key of config.yaml's ``value`` is a field of model ``cls`` and every field a key, recursively."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    assert set(value) == fields, f"{where}: config.yaml keys {sorted(value)} != model fields {sorted(fields)}"
+    for name in fields:
+        if dataclasses.is_dataclass(hints[name]):
+            _config_keys_match_model(value[name], hints[name], f"{where}.{name}")
+
+
+@pytest.mark.parametrize("section", _section_models())
+def test_schema_section_and_dataclass_have_the_same_keys(default_config, section):
+    """The schema (workflow/schemas/config.schema.yaml, generated from the section models), the model that
+    reads a section and config/config.yaml (the commented manual) name the same keys, and the schema
+    refuses unknown ones: none of the three can drift apart silently."""
+    from pclbench.core.schema import load_schema
+    from pclbench.core.schema_gen import section_models
+
+    klass = section_models()[section]
     props = load_schema()["properties"][section]
-    klass = getattr(importlib.import_module(module), cls)
     assert set(props.get("properties", {})) == {f.name for f in dataclasses.fields(klass)}, section
     assert props.get("additionalProperties") is False, f"schema section {section} accepts unknown keys"
+    _config_keys_match_model(default_config[section], klass, section)
+
+
+# Hand-written wiring entries read with from_dict: (schema path in workflow/schemas/wiring.schema.yaml, module,
+# dataclass). Their schema is not generated, so the keys are compared here.
+WIRING_ENTRIES = [
+    (("benchmarks", "additionalProperties"), "pclbench.evaluate.benchmark", "Benchmark"),
+    (("$defs", "dataset_split"), "pclbench.evaluate.benchmark", "DataRef"),
+    (("datasets", "additionalProperties", "properties", "download", "items"), "pclbench.data.download", "FileSpec"),
+]
+
+
+@pytest.mark.parametrize("path, module, cls", WIRING_ENTRIES)
+def test_wiring_entries_and_their_dataclass_have_the_same_keys(repo_root, path, module, cls):
+    import yaml
+
+    from pclbench.core.schema import load_schema
+
+    wiring = yaml.safe_load((repo_root / "workflow" / "schemas" / "wiring.schema.yaml").read_text())
+    for schema in (wiring, load_schema()):  # the hand-written file and the generated one that holds it
+        node = schema if path[0] == "$defs" else schema["properties"]
+        for key in path:
+            node = node[key]
+        klass = getattr(importlib.import_module(module), cls)
+        assert set(node["properties"]) == {f.name for f in dataclasses.fields(klass)}, path
+        assert node.get("additionalProperties") is False, f"{'.'.join(path)} accepts unknown keys"
+        assert set(node["required"]) == {f.name for f in dataclasses.fields(klass)}, path
+
+
+def test_wiring_sections_are_in_the_generated_schema_verbatim(repo_root):
+    import yaml
+
+    from pclbench.core.schema import load_schema
+
+    wiring = yaml.safe_load((repo_root / "workflow" / "schemas" / "wiring.schema.yaml").read_text())
+    schema = load_schema()
+    for key, value in wiring.items():
+        if key != "properties":
+            assert schema[key] == value, key
+    for section, value in wiring["properties"].items():
+        assert schema["properties"][section] == value, section
+        assert section in schema["required"], section

@@ -1,7 +1,7 @@
-"""Distributed data parallelism (pclbench.pretrain.distributed, train.py): 2 CPU processes with gloo.
+"""Distributed data parallelism (pclbench.pretrain.distributed, trainer): 2 CPU processes with gloo.
 
 The reference is ONE process on the same global batch. BatchNorm: torch's SyncBatchNorm does not
-run on CPU, so gloo runs keep per-rank batch statistics (train.py docstring); the step tests
+run on CPU, so gloo runs keep per-rank batch statistics (pclbench.pretrain.distributed docstring); the step tests
 therefore run the networks in eval mode (BatchNorm with running statistics acts per sample, so a
 rank's slice is computed exactly as inside the full batch). On CUDA the trainer converts BatchNorm
 to SyncBatchNorm, which gives the global statistics.
@@ -24,7 +24,9 @@ from pclbench.pretrain.checkpoint import load_checkpoint
 from pclbench.pretrain.methods import METHODS, PCL
 from pclbench.pretrain.methods import pcl as pcl_module
 from pclbench.models import ModelConfig
-from pclbench.pretrain.trainer import Preempted, shard_batches, sync_gradients, train
+from pclbench.pretrain.distributed import shard_batches, sync_gradients
+from pclbench.pretrain.preemption import Preempted
+from pclbench.pretrain.trainer import train
 from pclbench.pretrain.views import resize
 
 from test_train import config as train_config

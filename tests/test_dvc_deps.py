@@ -130,3 +130,13 @@ def test_the_import_walk_on_a_small_package(tmp_path):
     common = {"pkg", "pkg.__main__", "pkg.cli", "pkg.base"}
     assert a == common | {"pkg.a", "pkg.sub", "pkg.sub.leaf"}
     assert b == common | {"pkg.b"}
+
+
+def test_cli_handlers_read_from_the_source_are_the_parsers():
+    """dvc_export reads the subcommand -> handler map from cli.py's source (importing the CLI from
+    dvc_export would be an import cycle: the CLI's dvc-yaml runs dvc_export); the parser is the reference."""
+    from pclbench.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert dvc_export.cli_handlers() == {name: p.get_default("func").__name__ for name, p in sub.choices.items()}

@@ -17,8 +17,10 @@ import torch
 from test_train import config, write_shard
 
 from pclbench.cli import load_config
-from pclbench.core.config import REPO_ROOT, ConfigError
-from pclbench.pretrain.trainer import PretrainConfig, VideoShard, train
+from pclbench.core.config import ConfigError
+from pclbench.core.resources import REPO_ROOT
+from pclbench.pretrain.stream import VideoShard
+from pclbench.pretrain.trainer import PretrainConfig, train
 
 
 def write_uneven_shard(d, clips_of_subject, size=4, seed=0):
@@ -29,6 +31,7 @@ def write_uneven_shard(d, clips_of_subject, size=4, seed=0):
     keys = [(s, c, f) for s, clips in enumerate(clips_of_subject) for c, nf in enumerate(clips) for f in range(nf)]
     keys = [keys[i] for i in rng.permutation(len(keys))]
     np.save(d / "images.npy", rng.integers(0, 256, (len(keys), 3, size, size), dtype=np.uint8))
+    np.save(d / "landmarks.npy", np.zeros((len(keys), 68, 2), dtype=np.float32))  # open_shard needs it
     pd.DataFrame([{"path": f"id{s}/v{c}/{f}.jpg", "subject": f"id{s:05d}", "clip": 100 * s + c, "frame": f, "row": i}
                   for i, (s, c, f) in enumerate(keys)]).to_csv(d / "manifest.csv", index=False)
     return d

@@ -11,7 +11,8 @@ import pytest
 
 from pclbench.report import figures as F
 from pclbench.cli import main
-from pclbench.report.tables import Comparison, Published
+from pclbench.report.published import Published
+from pclbench.report.tables import Comparison
 
 from test_tables import CONFIG, PROBES
 

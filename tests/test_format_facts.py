@@ -45,7 +45,7 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from pclbench.align.landmarks import read_pts
+from pclbench.align.pts import read_pts
 from pclbench.data.parsers import prepare_dataset
 from pclbench.data.parsers import bp4d, cplfw, disfa, lfw, voxceleb
 

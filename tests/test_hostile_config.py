@@ -38,7 +38,7 @@ from pclbench.pretrain.checkpoint import FORMAT, CheckpointError, load_checkpoin
 from pclbench.core.config import ConfigError, check_config_values
 from pclbench.models import build_encoder
 from pclbench.models.encoders import MAX_ENCODER_PARAM_BYTES, facecycle_param_count
-from pclbench.pretrain.official import import_official
+from pclbench.pretrain.import_official import import_official
 from pclbench.core.schema import load_schema, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,6 +204,17 @@ def test_non_finite_refused_naming_the_key(tmp_path, yaml_text, key):
 def test_non_finite_in_params_json_refused():
     with pytest.raises(ConfigError, match=r"probe\.x\[2\].*finite"):
         cli.load_config(params='{"probe": {"x": [1, 2, NaN]}}')
+
+
+def test_set_overrides_get_the_same_checks():
+    """``--set KEY=VALUE`` (pclbench.core.overrides) goes through the checks a config file gets: NaN in a
+    list, shell syntax in paths.*, and a YTE switch (not a key of the config) are refused."""
+    with pytest.raises(ConfigError, match=r"tasks\.expression\.train\.weight_decay_grid\[1\].*finite"):
+        cli.load_config(sets=["tasks.expression.train.weight_decay_grid=[0, .nan]"])
+    with pytest.raises(ConfigError, match=r"config error at paths\.raw: .*shell syntax"):
+        cli.load_config(sets=["paths.raw=data/`id`"])
+    with pytest.raises(ConfigError, match=r"unknown key __use_yte__"):
+        cli.load_config(sets=["__use_yte__=true"])
 
 
 def test_dry_run_refuses_nan_weight_decay(tmp_path):

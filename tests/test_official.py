@@ -18,7 +18,8 @@ from torch import nn
 import pclbench
 from pclbench.pretrain.checkpoint import load_checkpoint, load_encoder
 from pclbench.cli import main
-from pclbench.pretrain.official import AUTHORS_ENCODER_LAYOUT, encoder_key_map, import_official
+from pclbench.pretrain.import_official import import_official
+from pclbench.pretrain.official import AUTHORS_ENCODER_LAYOUT, encoder_key_map
 
 from tiny_sections import MODEL
 

@@ -190,11 +190,11 @@ import importlib, pkgutil, sys
 from pathlib import Path
 repo, site, deps = Path(sys.argv[1]), Path(sys.argv[2]), {Path(d).resolve() for d in sys.argv[3:]}
 import pclbench
-from pclbench.core import config
+from pclbench.core import resources
 assert Path(pclbench.__file__).resolve().is_relative_to(site.resolve()), pclbench.__file__
 # nothing of the checkout on the path but the interpreter's own site-packages (the venv lives in it)
 assert not [p for p in sys.path if Path(p or ".").resolve().is_relative_to(repo) and Path(p).resolve() not in deps]
-assert not config.IN_REPOSITORY
+assert not resources.IN_REPOSITORY
 from pclbench.core import provenance as runinfo
 # the wheel sits inside someone else's git repository (the test made one): not pclbench's commit
 assert runinfo.git_commit() is None, runinfo.git_commit()
@@ -202,9 +202,10 @@ assert runinfo.git_commit() is None, runinfo.git_commit()
 from pclbench.data.parsers import voxceleb
 excl = voxceleb._resolve("config/voxceleb_exclusion.txt")
 assert excl.is_file() and excl.resolve().is_relative_to(site.resolve()), excl
-for rel in ("workflow/schemas/config.schema.yaml", "workflow/schemas/published_results.schema.yaml",
+for rel in ("workflow/schemas/config.schema.yaml", "workflow/schemas/wiring.schema.yaml",
+            "workflow/schemas/published_results.schema.yaml",
             "config/config.yaml", "workflow/report/table.rst"):
-    p = config.resource_path(rel)
+    p = resources.resource_path(rel)
     assert p.is_file() and p.resolve().is_relative_to(site.resolve()), (rel, p)
 names = [m.name for m in pkgutil.walk_packages(pclbench.__path__, "pclbench.") if m.name != "pclbench.__main__"]
 for name in names:

@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 
 import official_fixtures as fx
-from pclbench.align.landmarks import read_pts
-from pclbench.data.parsers import PARSERS, SourceFormatError, SourceLayoutError, prepare_dataset
+from pclbench.align.pts import read_pts
+from pclbench.data.parsers.registry import PARSERS
+from pclbench.data.parsers import SourceFormatError, SourceLayoutError, prepare_dataset
 from pclbench.data.parsers import headpose
 from pclbench.data.parsers.stage1 import MANIFEST_BASE
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import official_fixtures as fx
-from pclbench.align.landmarks import read_pts
+from pclbench.align.pts import read_pts
 from pclbench.data.parsers import SourceFormatError, SourceLayoutError, prepare_dataset
 from pclbench.data.parsers.stage1 import MANIFEST_BASE
 

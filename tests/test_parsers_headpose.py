@@ -28,7 +28,7 @@ from scipy.io import loadmat, savemat
 
 import official_fixtures as fx
 from pclbench.core.config import ConfigError
-from pclbench.align.landmarks import read_pts
+from pclbench.align.pts import read_pts
 from pclbench.data.parsers import SourceFormatError, SourceLayoutError, prepare_dataset
 from pclbench.data.parsers import headpose
 from pclbench.core.schema import validate_config

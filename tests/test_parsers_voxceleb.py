@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pclbench.data.parsers import PARSERS, SourceFormatError, prepare_dataset
+from pclbench.data.parsers.registry import PARSERS
+from pclbench.data.parsers import SourceFormatError, prepare_dataset
 from pclbench.data.parsers import voxceleb
 from pclbench.data.parsers.stage1 import UnsafePathError
 

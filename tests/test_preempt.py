@@ -1,5 +1,6 @@
 """The trainer's own stop before a Slurm time limit, the wait for the output folder's lock, and the
-finished run kept for a job that fails after training (train.py: JobDeadline, _lock_out_dir, state/final.pt).
+finished run kept for a job that fails after training (pclbench.pretrain.preemption.JobDeadline, pclbench.pretrain.run_folder.lock_out_dir,
+state/final.pt of pclbench.pretrain.resume).
 
 The fake ``squeue`` prints what squeue(1) documents for ``%L`` ("days-hours:minutes:seconds ... NOT_SET
 ... UNLIMITED") in the forms squeue's ``_print_secs`` writes (SchedMD/slurm, src/squeue/print.c:
@@ -20,9 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pclbench.pretrain import trainer as train_mod
+from pclbench.pretrain import preemption as preempt_mod
+from pclbench.pretrain import resume as resume_mod
 from pclbench.pretrain.checkpoint import load_checkpoint
-from pclbench.pretrain.trainer import (EXIT_REQUEUE, JobDeadline, Preempted, TimeLimitNear, parse_time_left, train)
+from pclbench.pretrain.preemption import EXIT_REQUEUE, JobDeadline, Preempted, TimeLimitNear, parse_time_left
+from pclbench.pretrain.trainer import train
 
 from test_resume import _signal_at, reference, shard  # noqa: F401 (module fixtures)
 from test_train import config
@@ -92,7 +95,7 @@ def test_deadline_queries_the_job_and_rechecks(slurm_env):
     assert d.time_left() == 86400.0
     now[0] += 30  # within recheck_s: no query, the monotonic clock counts down
     assert d.time_left() == 86400.0 - 30
-    now[0] += train_mod.LIMIT_RECHECK_S  # due: re-read (the limit was shortened, e.g. pre-emption GraceTime)
+    now[0] += preempt_mod.LIMIT_RECHECK_S  # due: re-read (the limit was shortened, e.g. pre-emption GraceTime)
     assert d.time_left() == 120.0
     assert _calls(bin_dir) == ["-h -j 4242 -o %L"] * 2
 
@@ -140,7 +143,7 @@ def test_stop_before_the_limit_then_resume_equals_an_uninterrupted_run(tmp_path,
                                                                       monkeypatch):
     # start check + iterations 1, 2: 10 min left; from the query after iteration 3 on: 20 s left
     bin_dir = slurm_env(["10:00", "10:00", "10:00", "0:20"])
-    monkeypatch.setattr(train_mod, "LIMIT_RECHECK_S", 0.0)  # re-read squeue after every iteration
+    monkeypatch.setattr(preempt_mod, "LIMIT_RECHECK_S", 0.0)  # re-read squeue after every iteration
     out = tmp_path / "pcl"
     with pytest.raises(Preempted) as stopped:
         train("pcl", shard, out, config(stop_before_limit_s=60))
@@ -221,7 +224,7 @@ def test_a_finished_run_of_other_code_or_config_is_not_restored(tmp_path, shard,
     out = tmp_path / "pcl"
     train("pcl", shard, out, config(epochs=1))
     (out / "checkpoint.pt").unlink()
-    monkeypatch.setattr(train_mod, "code_fingerprint", lambda: "other code")
+    monkeypatch.setattr(resume_mod, "code_fingerprint", lambda: "other code")
     with caplog.at_level(logging.INFO, "pclbench"):
         summary = train("pcl", shard, out, config(epochs=1))
     assert not summary.get("already_finished") and summary["iterations"] == 2 and not summary["resumed"]

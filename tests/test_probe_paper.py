@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from test_probes import BENCHMARKS, LOOP, TRAIN, config, make_expression, make_pose, run_all
 
 from pclbench.cli import load_config
-from pclbench.core.config import REPO_ROOT, from_dict
+from pclbench.core.config import from_dict
+from pclbench.core.resources import REPO_ROOT
 from pclbench.evaluate.linear import ProbeConfig, TrainConfig, fit_probe, train_linear
 
 
@@ -151,7 +152,7 @@ def test_paper_protocol_reports_the_best_test_epoch_of_the_hand_loop():
     train = _train(optimizer="adam", lr_grid=[lr], weight_decay_grid=[0.0], epochs=epochs, batch_size=bs,
                    lr_schedule="cosine", lr_step="epoch", eval_every=1, init="normal", shuffle=False,
                    decay_bias=False, standardize=False)
-    probe = from_dict(ProbeConfig, {**config()["probe"], "protocol": "paper", "standardize": True}, "probe").check()
+    probe = from_dict(ProbeConfig, {**config()["probe"], "protocol": "paper", "standardize": True}, "probe")
 
     def acc(logits, y):
         return float((logits.argmax(axis=1) == y).mean())

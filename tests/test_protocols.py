@@ -22,7 +22,7 @@ def _one_thread(one_torch_thread):
 
 
 def _probe(**over) -> ProbeConfig:
-    return from_dict(ProbeConfig, {**config()["probe"], **over}, "probe").check()
+    return from_dict(ProbeConfig, {**config()["probe"], **over}, "probe")
 
 
 def _train(**over) -> TrainConfig:
@@ -257,7 +257,7 @@ def test_config_sections_fill_the_probe_dataclasses(override):
 
     files = [DEFAULT_CONFIG] + ([DEFAULT_CONFIG.parent / override] if override else [])
     cfg = load_config(files)
-    from_dict(ProbeConfig, cfg["probe"], "probe").check()
+    from_dict(ProbeConfig, cfg["probe"], "probe")
     for task, cls in (("expression", ExpressionConfig), ("verification", VerificationConfig), ("au", AUConfig),
                       ("pose", PoseConfig)):
         from_dict(cls, cfg["tasks"][task], f"tasks.{task}").train.check(f"tasks.{task}.train")

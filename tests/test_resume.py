@@ -1,4 +1,4 @@
-"""Exact resume after SIGTERM / SIGUSR1 (train.py): a run stopped at iteration k and resumed ends
+"""Exact resume after SIGTERM / SIGUSR1 (pclbench.pretrain.trainer, resume): a run stopped at iteration k and resumed ends
 with bitwise the weights, optimiser state, DWA history and metrics of an uninterrupted run."""
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import torch
 
 from pclbench.pretrain.checkpoint import load_checkpoint
 from pclbench.pretrain.methods import PCL
-from pclbench.pretrain.trainer import EXIT_REQUEUE, Preempted, train
+from pclbench.pretrain.preemption import EXIT_REQUEUE, Preempted
+from pclbench.pretrain.trainer import train
 
 from test_train import config, write_shard
 

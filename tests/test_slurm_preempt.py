@@ -78,7 +78,7 @@ def _iterations(workdir: Path) -> int:
     attempt appends to (metrics.jsonl.partial is buffered until a save)."""
     p = workdir / "results" / "pretrain" / "pcl" / "attempts.log"
     try:
-        found = re.findall(r"pclbench\.train: epoch \d+/\d+ it (\d+):", p.read_text())
+        found = re.findall(r"pclbench\.pretrain\.trainer: epoch \d+/\d+ it (\d+):", p.read_text())
     except OSError:
         return 0
     return int(found[-1]) if found else 0

@@ -468,10 +468,12 @@ def test_bad_config_names_the_key():
         from_dict(synth.SynthConfig, d, "synth")
     with pytest.raises(ConfigError, match=r"synth\.verification\.pairs_per_fold"):
         synth.generate("synth_verification", Path("/nonexistent/x"), _cfg(**{"verification.pairs_per_fold": 5}), 0)
+    with pytest.raises(ConfigError, match=r"synth\.verification\.pairs_per_fold = 14: asks for 7 same pairs"):
+        _cfg(**{"verification.pairs_per_fold": 14})  # cross-field: only 2 * (3 * 2 / 2) = 6 same pairs exist
     with pytest.raises(ConfigError, match=r"synth\.face_scale"):
-        synth.validate_config(_cfg(face_scale=[0.7, 0.5]))
+        _cfg(face_scale=[0.7, 0.5])
     with pytest.raises(ConfigError, match=r"synth\.expression_intensity"):
-        synth.validate_config(_cfg(expression_intensity=[0.0, 5.0]))
+        _cfg(expression_intensity=[0.0, 5.0])
     with pytest.raises(ConfigError, match="synth_nope"):
         synth.generate("synth_nope", Path("/nonexistent/x"), _cfg(), 0)
 

@@ -12,7 +12,10 @@ import pytest
 import yaml
 
 from pclbench.core.config import ConfigError
-from pclbench.report.tables import NOT_RUN, build_tables, latex_escape, load_published, normalise_probe
+from pclbench.report.published import load_published
+from pclbench.report.render import latex_escape
+from pclbench.report.results import NOT_RUN
+from pclbench.report.tables import build_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = {"primary_readout": "trunk", "decimals": 2,
@@ -234,13 +237,6 @@ def test_std_over_folds_and_single_run(tmp_path):
     rows = md_rows(md)
     assert rows["pcl"] == ["90.00 ± 1.25 (10)"] and rows["random"] == ["60.00 (1)"]
     assert "lfw: std over folds/seeds" in md
-
-
-def test_legacy_one_seed_result_is_converted():
-    r = normalise_probe({"task": "expression", "method": "pcl", "dataset": "synth_expression", "readout": "trunk",
-                         "seed": 1, "protocol": "clean", "metrics": {"accuracy_pct": 81.0}})
-    assert r["benchmark"] == "synth_expression" and r["primary_metric"] == "accuracy_pct"
-    assert r["summary"]["trunk"]["accuracy_pct"] == {"mean": 81.0, "std": 0.0, "n": 1}
 
 
 def test_bad_probe_and_duplicates(tmp_path):

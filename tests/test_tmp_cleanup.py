@@ -84,17 +84,17 @@ def test_remove_stale_tmp_never_follows_a_symlink(tmp_path):
 WRITERS = {
     "io.atomic_write_text": ("a.txt", "from pclbench.core.io import atomic_write_text; atomic_write_text(out, payload)"),
     "probe result": ("bench.json", "from pclbench.evaluate import save_result; save_result({'x': payload}, out)"),
-    "table": ("expression.md", "from pclbench.report.tables import _write_atomic; _write_atomic(out, payload)"),
+    "table": ("expression.md", "from pclbench.report.render import write_atomic; write_atomic(out, payload)"),
     "run info": ("extract.run.json",
                  "from pclbench.core.provenance import write_run_info; write_run_info(out.parent, 't', filename=out.name, "
                  "note=payload)"),
     "acquire receipt": ("lfw.receipt.json",
                         "from pclbench.data.acquire import _atomic_json; _atomic_json(out, {'x': payload})"),
     "align work file": ("work.json",
-                        "from pclbench.align.aligner import _prepare_work; _prepare_work(out.parent, {'x': payload})"),
+                        "from pclbench.align.workdir import prepare_work; prepare_work(out.parent, {'x': payload})"),
     "align contact sheet": ("qc_samples.png", """
         import numpy as np
-        from pclbench.align.aligner import contact_sheet
+        from pclbench.align.contact_sheet import contact_sheet
         rng = np.random.default_rng(len(payload))
         k = 1 if len(payload) < 100 else 16
         contact_sheet(rng.integers(0, 256, (k, 3, 64, 64), dtype=np.uint8), range(k), out)
@@ -152,12 +152,9 @@ def test_writer_cleans_its_temp_on_a_full_disk_and_dead_writers_temps_on_start(t
 
 def test_no_writer_builds_temporary_names_by_hand():
     """Every single-file writer uses pclbench.core.io (above); a hand-made `.<name>.<pid>.tmp` would leak on
-    a full disk. Left as they are, with their own cleanup: the trainer's checkpoint writer
-    (checkpoint.py, removes `.<name>.<pid>.tmp` on error and on start), download.py's
-    atomic_write_text (removes its mkstemp temp on error), dvc_export.py (dvc.yaml, run by hand), train.py
-    (removes its temps on error and, on start, those of dead trainers: tests/test_train_faults.py) and
-    stage1.py's .pts writer (inside an atomic_dir temporary folder, removed with it)."""
-    allowed = {"checkpoint.py", "download.py", "dvc_export.py", "train.py", "stage1.py"}
+    a full disk. One exception: stage1.py's .pts writer, which writes inside an atomic_dir temporary folder
+    (removed with it) and must never replace an existing file."""
+    allowed = {"stage1.py"}
     bad = []
     for py in (ROOT / "src" / "pclbench").rglob("*.py"):
         if py.name in allowed:

@@ -1,4 +1,4 @@
-"""Pretraining loop (train.py): sampling, outputs, the random baseline, resume, config errors."""
+"""Pretraining loop (pclbench.pretrain.trainer, stream): sampling, outputs, the random baseline, resume, config errors."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +13,8 @@ from pclbench.pretrain.checkpoint import load_checkpoint, load_encoder
 from pclbench.core.config import ConfigError
 from pclbench.pretrain.methods import METHODS, PCL
 from pclbench.models import ModelConfig
-from pclbench.pretrain.trainer import VideoShard, train
+from pclbench.pretrain.stream import VideoShard
+from pclbench.pretrain.trainer import train
 
 from tiny_sections import MODEL, VIEWS
 from tiny_sections import PCL as PCL_CFG
@@ -39,6 +40,7 @@ def write_shard(d, n_subjects=3, n_clips=2, n_frames=3, size=64, seed=0):
     keys = [(s, c, f) for s in range(n_subjects) for c in range(n_clips) for f in range(n_frames)]
     keys = [keys[i] for i in rng.permutation(len(keys))]
     np.save(d / "images.npy", rng.integers(0, 256, (len(keys), 3, size, size), dtype=np.uint8))
+    np.save(d / "landmarks.npy", np.zeros((len(keys), 68, 2), dtype=np.float32))  # open_shard needs it
     pd.DataFrame([{"path": f"x{i}.png", "subject": f"id{s}", "clip": c, "frame": f, "row": i}
                   for i, (s, c, f) in enumerate(keys)]).to_csv(d / "manifest.csv", index=False)
     return d
@@ -240,7 +242,7 @@ def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, shard, monke
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
     with pytest.raises(ConfigError, match="pretrain.tensorboard is true but the tensorboard package"):
         train("pcl", shard, tmp_path / "tb", config(tensorboard=True))
-    with pytest.raises(ConfigError, match="pretrain.swap_grid_every: must be >= 0"):
+    with pytest.raises(ConfigError, match=r"config error at pretrain\.swap_grid_every: -1 is less than the minimum of 0"):
         train("pcl", shard, tmp_path / "tb", config(swap_grid_every=-1))
 
 

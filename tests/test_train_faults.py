@@ -1,4 +1,4 @@
-"""Faults around the trainer's output folder (train.py): torn state files, two trainers on one folder,
+"""Faults around the trainer's output folder (pclbench.pretrain.trainer, resume, run_folder): torn state files, two trainers on one folder,
 a full disk, and the per-attempt log that survives Snakemake's deletion of the job log on retries."""
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from pclbench.pretrain.checkpoint import DiskFullError, load_checkpoint
-from pclbench.pretrain.trainer import EXIT_LOCKED, OutputLocked, Preempted, train
+from pclbench.pretrain.preemption import Preempted
+from pclbench.pretrain.run_folder import EXIT_LOCKED, OutputLocked
+from pclbench.pretrain.trainer import train
 
 from test_resume import _signal_at
 from test_train import config, write_shard
@@ -103,13 +105,15 @@ def test_disk_full_removes_the_tmp_file_and_says_so(tmp_path, shard, monkeypatch
         train("pcl", shard, out, config(epochs=2))
     msg = str(e.value)
     assert "disk full" in msg and str(out / "state") in msg
-    assert not [p for p in (out / "state").iterdir() if p.name.endswith(".tmp")]
+    assert not list((out / "state").iterdir())  # the temporary (pclbench.core.io.atomic_file's) is gone
 
 
 def test_stale_tmp_files_are_removed_on_start(tmp_path, shard):
     out = tmp_path / "pcl"
     (out / "state").mkdir(parents=True)
-    stale = [out / "state" / ".last.pt.12345.tmp", out / ".checkpoint.pt.999.tmp", out / ".metrics.csv.7.tmp"]
+    # pclbench.core.io.atomic_file's temporaries of killed trainers, on this host or another (shared file system)
+    stale = [out / "state" / ".last.pt.tmp-otherhost-12345-a1b2c3", out / ".checkpoint.pt.tmp-node7-999-x9y8",
+             out / ".metrics.csv.tmp-node7-7-q1"]
     for p in stale:
         p.write_bytes(b"x")
     keep = out / "notes.tmp"  # not a name the trainer writes

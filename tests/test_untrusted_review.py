@@ -25,8 +25,9 @@ import official_fixtures as fx
 from bounded import replace_with_fifo, run_bounded
 from test_align_crops import _cfg_dict as align_cfg_dict
 from pclbench.core.config import from_dict
-from pclbench.align.aligner import AlignConfig, align_split, read_image
-from pclbench.align.landmarks import write_pts
+from pclbench.align.aligner import AlignConfig, align_split
+from pclbench.align.images import read_image
+from pclbench.align.pts import write_pts
 from pclbench.data.parsers import SourceFormatError, SourceLayoutError, prepare_dataset
 from pclbench.data.parsers.stage1 import DuplicateImageError, UnsafePathError
 

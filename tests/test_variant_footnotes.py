@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pclbench.pretrain.checkpoint import FORMAT, save_checkpoint
 from pclbench.cli import checkpoint_info
-from pclbench.report.tables import _variant_text
+from pclbench.report.results import variant_text
 
 
 def _state(config: dict) -> dict:
@@ -23,7 +23,7 @@ def test_footnote_names_sobel_overflow_and_epoch_unit(tmp_path):
     info = checkpoint_info(path)
     assert info["variant"]["views.sobel_overflow"] == "faithful"
     assert info["epoch_unit"] == "identities"
-    text = _variant_text({"method_info": info})
+    text = variant_text({"method_info": info})
     for want in ("variant.pose_negatives=faithful", "variant.pose_fc_batches=faithful",
                  "variant.views.sobel_overflow=faithful", "epochs trained 3", "epoch unit identities"):
         assert want in text, (want, text)
@@ -35,4 +35,4 @@ def test_baseline_footnote_has_no_pcl_variant(tmp_path):
     state["method"] = "simclr"
     info = checkpoint_info(save_checkpoint(tmp_path / "checkpoint.pt", state))
     assert "variant" not in info and info["settings"] == {"temperature": 0.1}
-    assert "epoch unit clips" in _variant_text({"method_info": info})
+    assert "epoch unit clips" in variant_text({"method_info": info})

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from pclbench.core.config import ConfigError, from_dict
-from pclbench.data.parsers import PARSERS, SourceLayoutError
+from pclbench.data.parsers.registry import PARSERS
+from pclbench.data.parsers import SourceLayoutError
 from pclbench.data.video import VideoConfig, keep_frame, read_exclusion, sample_frames, write_video
 
 pytest.importorskip("av")

@@ -1,7 +1,8 @@
 """pclbench: a reproducible, workflow-managed benchmark for PCL and facial self-supervised learning.
 
-Pipeline (one module per arrow, see docs/architecture.md):
-generate/download -> align (data/) -> pretrain (methods/, train.py) -> extract -> probes/ -> tables.
+Pipeline, one sub-package per workflow stage (docs/architecture.md "Package layout"):
+generate/acquire/prepare (data/) -> align (align/) -> pretrain (pretrain/) -> extract, probe (evaluate/)
+-> tables, figures (report/); the shared core (config, schema, registry, io, provenance) is in core/.
 """
 from __future__ import annotations
 

@@ -3,7 +3,10 @@
 Each subcommand takes the configuration either as files (``--config a.yaml --config b.yaml``,
 deep-merged in order, the whole result validated against the schema) or as a JSON object holding
 only the sections the stage reads (``--params '{"pretrain": {...}}'``), which is how the Snakemake
-rules call it: Snakemake then re-runs a rule exactly when one of *its* sections changes.
+rules call it: Snakemake then re-runs a rule exactly when one of *its* sections changes. Which
+sections a stage reads is declared once (:mod:`pclbench.core.stages`); each subcommand checks that
+the config it received holds them. ``--set KEY=VALUE`` (repeatable) sets one dotted key on top of
+both (:mod:`pclbench.core.overrides`).
 """
 from __future__ import annotations
 
@@ -18,17 +21,21 @@ from typing import Any, Sequence
 import yaml
 
 from pclbench.core.config import DEFAULT_CONFIG, YTE_KEY, ConfigError, check_config_values, deep_merge
+# the stages that look a name up import their function in their handler: each stage's code deps stay its own
+from pclbench.core.stages import check_received, fixed_keys
 
 
-def load_config(files: Sequence[str | Path] = (), params: str | None = None) -> dict:
-    """Merge config files (default: config/config.yaml) and a JSON overlay; validate the result.
+def load_config(files: Sequence[str | Path] = (), params: str | None = None, sets: Sequence[str] = ()) -> dict:
+    """Merge config files (default: config/config.yaml), a JSON overlay and ``--set KEY=VALUE``
+    overrides (:func:`pclbench.core.overrides.apply_overrides`, typed by the schema); validate the result.
 
     Refused with a :class:`ConfigError` before the schema: a file holding ``__use_yte__`` (Snakemake
     would render it as a YTE template, evaluating Python in it; snakemake PR #2269), and, anywhere in
     the merged result, NaN / infinities and shell syntax in ``paths.*``
     (:func:`pclbench.core.config.check_config_values`).
     """
-    from pclbench.core.schema import validate_config
+    from pclbench.core.overrides import apply_overrides
+    from pclbench.core.schema import load_schema, validate_config
 
     cfg: dict[str, Any] = {}
     if not files and params is None:
@@ -51,6 +58,8 @@ def load_config(files: Sequence[str | Path] = (), params: str | None = None) -> 
         except json.JSONDecodeError as e:
             raise ConfigError(f"--params is not valid JSON: {e}") from None
         cfg = deep_merge(cfg, overlay)
+    if sets:
+        cfg = apply_overrides(cfg, sets, load_schema())
     check_config_values(cfg)
     # Only a full file-based config must hold every section; a rule's --params holds its own.
     validate_config(cfg, partial=not files)
@@ -61,11 +70,14 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", action="append", default=[], metavar="YAML",
                    help="config file(s), merged in order (default: config/config.yaml)")
     p.add_argument("--params", default=None, metavar="JSON",
-                   help="JSON object with config sections, merged last (used by the workflow rules)")
+                   help="JSON object with config sections, merged after the files (used by the workflow rules)")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                   help="set one config key (dotted path, e.g. pcl.n_negatives=16; VALUE is YAML, typed by the "
+                        "config schema), merged last; repeatable")
 
 
 def cmd_validate(args) -> int:
-    load_config(args.config, args.params)
+    load_config(args.config, args.params, args.sets)
     print("config OK")
     return 0
 
@@ -73,7 +85,8 @@ def cmd_validate(args) -> int:
 def cmd_generate(args) -> int:
     from pclbench.data import synth
 
-    cfg = load_config(args.config, args.params)
+    cfg = load_config(args.config, args.params, args.sets)
+    check_received(cfg, "generate", "pclbench generate", fixed_keys("generate"))
     from pclbench.core.config import from_dict
 
     scfg = from_dict(synth.SynthConfig, cfg["synth"], "synth")
@@ -99,10 +112,11 @@ def cmd_acquire(args) -> int:
             params = json.dumps(deep_merge(json.loads(params) if params else {}, overlay))
         except json.JSONDecodeError as e:
             raise ConfigError(f"--download/--params is not valid JSON: {e}") from None
-    cfg = load_config(args.config, params)
+    cfg = load_config(args.config, params, args.sets)
     entry = cfg.get("datasets", {}).get(args.dataset)
     if entry is None:
         raise ConfigError(f"dataset {args.dataset!r} is not in the config's datasets")
+    check_received(cfg, "acquire", "pclbench acquire", fixed_keys("acquire", args.dataset))
     sources = args.sources or cfg.get("paths", {}).get("sources")
     if not sources:
         raise ConfigError("acquire needs --sources (or paths.sources in the config)")
@@ -124,13 +138,15 @@ def cmd_acquire(args) -> int:
 
 def cmd_prepare(args) -> int:
     """A real dataset in its official layout -> the stage-1 layout (pclbench.data.parsers)."""
+    from pclbench.core.stages import prepare_keys
     from pclbench.data.parsers import SourceFormatError, SourceLayoutError, prepare_dataset
 
-    cfg = load_config(args.config, args.params)
+    cfg = load_config(args.config, args.params, args.sets)
     entry = (cfg.get("datasets") or {}).get(args.dataset)
     if entry is None:
         raise ConfigError(f"dataset {args.dataset!r} is not in the config's datasets "
                           f"(known: {', '.join(sorted(cfg.get('datasets') or {})) or 'none'})")
+    check_received(cfg, "prepare", "pclbench prepare", prepare_keys(cfg, args.dataset))
     t0 = time.perf_counter()
     try:
         meta = prepare_dataset(args.dataset, entry, Path(args.source), Path(args.out), config=cfg)
@@ -153,7 +169,9 @@ def cmd_align(args) -> int:
     from pclbench.align.aligner import AlignConfig, align_split
     from pclbench.data.parsers import SourceFormatError
 
-    cfg = load_config(args.config, args.params)
+    cfg = load_config(args.config, args.params, args.sets)
+    # the dataset's entry (its crop size) is checked below, where --size does not replace it
+    check_received(cfg, "align", "pclbench align", fixed_keys("align"))
     acfg = from_dict(AlignConfig, cfg["align"], "align")
     size = args.size
     if size is None:
@@ -198,9 +216,11 @@ def cmd_align(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
+    from pclbench.core.stages import pretrain_keys
     from pclbench.pretrain.trainer import train
 
-    cfg = load_config(args.config, args.params)
+    cfg = load_config(args.config, args.params, args.sets)
+    check_received(cfg, "pretrain", "pclbench pretrain", pretrain_keys(cfg, args.method))
     train(args.method, Path(args.data), Path(args.out), cfg)
     return 0
 
@@ -210,7 +230,8 @@ def cmd_extract(args) -> int:
 
     from pclbench.core.provenance import write_run_info
 
-    cfg = load_config(args.config, args.params)
+    cfg = load_config(args.config, args.params, args.sets)
+    check_received(cfg, "extract", "pclbench extract", fixed_keys("extract"))
     out = Path(args.out)
     summary = extract(Path(args.checkpoint), Path(args.data), out, evaluate_config(cfg))
     write_run_info(out.parent, "extract", config=cfg, filename=f"{out.stem}.run.json",
@@ -220,14 +241,16 @@ def cmd_extract(args) -> int:
 
 def cmd_probe(args) -> int:
     """One (method, benchmark) probe job: every readout x seed -> results/probes/<method>/<benchmark>.json."""
+    from pclbench.core.stages import probe_keys
     from pclbench.evaluate import run_benchmark, save_result
     from pclbench.core.provenance import run_info
 
-    cfg = load_config(args.config, args.params)
+    cfg = load_config(args.config, args.params, args.sets)
     benches = cfg.get("benchmarks") or {}
     if args.benchmark not in benches:
         raise ConfigError(f"benchmark {args.benchmark!r} is not in the config's benchmarks "
                           f"(has: {', '.join(benches) or 'none'}); --params must hold benchmarks.{args.benchmark}")
+    check_received(cfg, "probe", "pclbench probe", probe_keys(cfg, args.benchmark))
     t0 = time.perf_counter()
     seeds = None if args.seed is None else [args.seed + k for k in range(int(cfg["probe"]["n_seeds"]))]
     result = run_benchmark(args.benchmark, benches[args.benchmark], Path(args.features_root),
@@ -271,11 +294,11 @@ def checkpoint_info(path: Path) -> dict:
 
 
 def cmd_tables(args) -> int:
-    from pclbench.report.tables import build_tables, load_published
+    from pclbench.report.published import load_published
+    from pclbench.report.tables import build_tables
 
-    cfg = load_config(args.config, args.params)
-    if "tables" not in cfg:
-        raise ConfigError("tables needs the config section 'tables' (and 'workflow', 'benchmarks')")
+    cfg = load_config(args.config, args.params, args.sets)
+    check_received(cfg, "tables", "pclbench tables", fixed_keys("tables"))
     not_run = {}
     for item in args.not_run:
         name, sep, reason = item.partition("=")
@@ -283,7 +306,7 @@ def cmd_tables(args) -> int:
             raise ConfigError(f"--not-run {item!r}: expected NAME=REASON (benchmark name, then why it did not run)")
         not_run[name] = reason or "no reason given"
     published = load_published(args.published or cfg["tables"]["published"])
-    from pclbench.report.tables import load_probe
+    from pclbench.report.results import load_probe
 
     results = [load_probe(p) for p in args.results]
     t0 = time.perf_counter()
@@ -303,9 +326,9 @@ def cmd_figures(args) -> int:
     from pclbench.report import figures as F
     from pclbench.core.config import from_dict
 
-    cfg = load_config(args.config, args.params)
-    if "figures" not in cfg:
-        raise ConfigError("figures needs the config section 'figures'")
+    cfg = load_config(args.config, args.params, args.sets)
+    stage = f"figure_{args.kind.replace('-', '_')}"
+    check_received(cfg, stage, f"pclbench figures {args.kind}", fixed_keys(stage))
     fcfg = from_dict(F.FiguresConfig, cfg["figures"], "figures")
     need = {"curves": ("method", "metrics"), "swap-grid": ("method", "pretrain_dir"),
             "embedding": ("method", "features", "manifest")}.get(args.kind, ())
@@ -313,10 +336,9 @@ def cmd_figures(args) -> int:
     if absent:
         raise ConfigError(f"figures {args.kind}: missing {', '.join(absent)}")
     if args.kind == "bars":
-        from pclbench.report.tables import Comparison, Published, load_probe
-
-        if "tables" not in cfg:
-            raise ConfigError("figures bars needs the config sections 'tables', 'workflow' and 'benchmarks'")
+        from pclbench.report.published import Published
+        from pclbench.report.results import load_probe
+        from pclbench.report.tables import Comparison
 
         not_run = dict(item.partition("=")[::2] for item in args.not_run)
         comp = Comparison([load_probe(p) for p in args.results], cfg, not_run, Published({}, []))
@@ -343,13 +365,12 @@ def cmd_figures(args) -> int:
 
 
 def cmd_import_official(args) -> int:
-    """Authors' best.pth -> pclbench checkpoint (docs/method.md §1.8, 2.9; see pclbench.pretrain.official)."""
+    """Authors' best.pth -> pclbench checkpoint (docs/method.md §1.8, 2.9; see pclbench.pretrain.import_official)."""
     from pclbench.pretrain.checkpoint import CheckpointError
-    from pclbench.pretrain.official import import_official
+    from pclbench.pretrain.import_official import import_official
 
-    cfg = load_config(args.config, args.params)
-    if "model" not in cfg:
-        raise ConfigError("import-official needs the config section 'model' (projection sizes)")
+    cfg = load_config(args.config, args.params, args.sets)
+    check_received(cfg, "import_official", "pclbench import-official", fixed_keys("import_official"))
     try:
         record = import_official(Path(args.src), Path(args.dst), cfg)
     except ValueError as e:  # refused by torch (CheckpointError) or not the authors' layout: a message
@@ -366,6 +387,17 @@ def cmd_dvc_yaml(args) -> int:
 
     write_dvc_yaml(Path(args.out), configfiles=args.configfile, per_job=args.per_job)
     return 0
+
+
+def cmd_schema(args) -> int:
+    from pclbench.core import schema_gen
+
+    if not args.check:
+        print(f"wrote {schema_gen.write(args.out)}")
+        return 0
+    stale = schema_gen.check(args.out)
+    print("\n".join(stale) or f"{args.out} is up to date", file=sys.stderr if stale else sys.stdout)
+    return 1 if stale else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -498,6 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "the stages pass them to Snakemake and read params from them")
     p.add_argument("--per-job", action="store_true", help="one stage per Snakemake job (no grouping)")
     p.set_defaults(func=cmd_dvc_yaml)
+
+    p = sub.add_parser("schema", help="write workflow/schemas/config.schema.yaml from wiring.schema.yaml + the "
+                                      "section models (pclbench.core.schema_gen)")
+    p.add_argument("--out", default="workflow/schemas/config.schema.yaml")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 when --out is stale")
+    p.set_defaults(func=cmd_schema)
     for p in sub.choices.values():
         p.add_argument("--log", default=None, metavar="FILE",
                        help="append this command's output to FILE (the workflow's job log); if FILE cannot be "

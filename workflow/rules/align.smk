@@ -19,7 +19,7 @@ if ALIGN_PARTS == 1:
             f"{LOGS}/align/{{dataset}}/{{split}}.log",
         threads: 2
         params:
-            cfg=lambda w: params_json("align", dataset=w.dataset),
+            cfg=lambda w: stage_params("align", dataset=w.dataset),
         shell:
             "{PCLBENCH:q} align --params {params.cfg:q} --raw {input:q} --dataset {wildcards.dataset:q} "
             "--split {wildcards.split:q} --workers {threads:q} --out {output:q} --log {log:q}"
@@ -38,7 +38,7 @@ else:
             part="[0-9]+",
         threads: 2
         params:
-            cfg=lambda w: params_json("align", dataset=w.dataset),
+            cfg=lambda w: stage_params("align", dataset=w.dataset),
             out=lambda w: f"{ALIGNED}/{w.dataset}/{w.split}",
             parts=ALIGN_PARTS,
         shell:
@@ -58,7 +58,7 @@ else:
         log:
             f"{LOGS}/align/{{dataset}}/{{split}}.merge.log",
         params:
-            cfg=lambda w: params_json("align", dataset=w.dataset),
+            cfg=lambda w: stage_params("align", dataset=w.dataset),
         shell:
             "{PCLBENCH:q} align --params {params.cfg:q} --raw {input.raw:q} --dataset {wildcards.dataset:q} "
             "--split {wildcards.split:q} --merge --out {output:q} --log {log:q}"

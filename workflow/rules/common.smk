@@ -10,10 +10,21 @@ import yaml
 
 from snakemake.utils import validate
 
-from pclbench.core.config import check_config_values, deep_merge
+from pclbench.core.config import check_config_values
+from pclbench.core.overrides import apply_overrides
+from pclbench.core.schema import load_schema
+from pclbench.core.stages import stage_config
 from pclbench.data.acquire import missing_manual_files, receipts_dir
-from pclbench.data.parsers import PARSER_SECTIONS
 from pclbench.report.tables import table_names
+
+# `snakemake --config set=KEY=VALUE` or `--config 'set=["KEY=VALUE", ...]'`: dotted-key overrides, as
+# `pclbench <stage> --set` takes them (pclbench.core.overrides; Snakemake's own --config sets top-level
+# keys only). Applied to the config in place (the `config` object is Snakemake's), before any check.
+if "set" in config:
+    _SETS = config.pop("set")
+    _SET_CONFIG = apply_overrides(config, _SETS if isinstance(_SETS, list) else [_SETS], load_schema())
+    config.clear()
+    config.update(_SET_CONFIG)
 
 # NaN / +-inf (which jsonschema's `type: number` accepts) and shell syntax in paths.* are refused first,
 # with the key path; then the schema. A config using Snakemake's YTE templating (`__use_yte__: true`)
@@ -163,19 +174,15 @@ wildcard_constraints:
     split="[A-Za-z0-9_]+",
 
 
-def params_json(*sections, dataset=None, method=None):
-    """The config one stage reads, as JSON: a change re-runs exactly the rules reading it.
+def stage_params(stage, **names):
+    """The config one stage reads, as JSON: a change re-runs exactly the jobs reading it.
 
-    ``sections`` are whole top-level sections; ``dataset`` adds just that entry of ``datasets``;
-    ``method`` (a variant name) deep-merges that variant's overrides onto the sections.
+    Which keys a stage reads is declared once, in pclbench.core.stages (a method's config_sections,
+    a parser's sections, a task's entry, a table for the rest); ``names`` are the job's wildcards
+    (dataset, method, benchmark: a method that is a variant gets its overrides merged in). The CLI
+    checks what it receives against the same declaration and the DVC export lists the same keys.
     """
-    overrides = VARIANTS[method]["overrides"] if method in VARIANTS else {}
-    sel = {s: deep_merge(config[s], overrides[s]) if s in overrides else config[s] for s in sections}
-    if dataset is not None:
-        sel["datasets"] = {dataset: DATASETS[dataset]}
-    if method in VARIANTS:  # the variant's entry too, so DVC lists `variants` among the stage's params
-        sel["variants"] = {method: VARIANTS[method]}
-    return json.dumps(sel, sort_keys=True, separators=(",", ":"))
+    return json.dumps(stage_config(config, stage, **names), sort_keys=True, separators=(",", ":"))
 
 
 def probe_json(method, benchmark):
@@ -222,33 +229,16 @@ def bench_raw_root(wildcards, input):
 
 
 def pretrain_params(wildcards):
-    """The sections the method's trainer reads (pclbench Method.config_sections + pretrain).
-
-    pcl and random keep the historical selection; a baseline reads views, augment and its own section.
-    A variant (config `variants`) runs its registered method with its overrides merged in.
-    """
-    method = base_method(wildcards.method)
-    if method in ("pcl", "random"):
-        sections = ("model", "views", "pcl", "pretrain")
-    else:
-        sections = ("model", "views", "augment", method, "pretrain")
-    return params_json(*(s for s in sections if s in config), method=wildcards.method)
+    """The sections the method's trainer reads: pretrain + its Method.config_sections (random: model
+    only, so PCL's settings never re-run it); a variant (config `variants`) runs its registered method
+    with its overrides merged in."""
+    return stage_params("pretrain", method=wildcards.method)
 
 
 def probe_params(wildcards):
     """What one probe job reads: sections probe and seed, this benchmark's entry and its task's
     protocol (a change to another benchmark or task does not re-run this job)."""
-    entry = BENCH[wildcards.benchmark]
-    return json.dumps(
-        {
-            "probe": config["probe"],
-            "seed": config["seed"],
-            "tasks": {entry["task"]: config["tasks"][entry["task"]]},
-            "benchmarks": {wildcards.benchmark: entry},
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+    return stage_params("probe", benchmark=wildcards.benchmark)
 
 
 # Stage 6 (report.smk): the tables' and figures' file names, and the outputs of its tables job.

@@ -23,7 +23,7 @@ rule generate:
         dataset="|".join(SYNTHETIC) if SYNTHETIC else "__none__",
     threads: 2
     params:
-        cfg=params_json("synth"),
+        cfg=stage_params("generate"),
     shell:
         "{PCLBENCH:q} generate --params {params.cfg:q} --dataset {wildcards.dataset:q} "
         "--out {output:q} --workers {threads:q} --log {log:q}"
@@ -46,7 +46,7 @@ rule acquire:
     wildcard_constraints:
         dataset="|".join(REAL) if REAL else "__none__",
     params:
-        cfg=lambda w: params_json(dataset=w.dataset),
+        cfg=lambda w: stage_params("acquire", dataset=w.dataset),
     shell:
         "{PCLBENCH:q} acquire --params {params.cfg:q} --download {DOWNLOAD_JSON:q} --dataset {wildcards.dataset:q} "
         "--sources {SOURCES:q} --receipt {output:q} --log {log:q}"
@@ -63,7 +63,7 @@ rule prepare:
     wildcard_constraints:
         dataset="|".join(REAL) if REAL else "__none__",
     params:
-        cfg=lambda w: params_json(*PARSER_SECTIONS.get(DATASETS[w.dataset]["parser"], ()), dataset=w.dataset),
+        cfg=lambda w: stage_params("prepare", dataset=w.dataset),
     shell:
         "{PCLBENCH:q} prepare --params {params.cfg:q} --dataset {wildcards.dataset:q} "
         "--source {SOURCES:q}/{wildcards.dataset:q} --out {output:q} --log {log:q}"

@@ -11,7 +11,7 @@ rule extract:
         f"{LOGS}/extract/{{method}}/{{dataset}}/{{split}}.log",
     threads: 1
     params:
-        cfg=params_json("evaluate"),
+        cfg=stage_params("extract"),
     shell:
         "{PCLBENCH:q} extract --params {params.cfg:q} --checkpoint {input.checkpoint:q} "
         "--data {input.data:q} --out {output:q} --log {log:q}"

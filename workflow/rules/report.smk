@@ -20,7 +20,7 @@ rule tables:
     log:
         f"{LOGS}/tables.log",
     params:
-        cfg=params_json("tables", "workflow", "benchmarks"),
+        cfg=stage_params("tables"),
         outdir=lambda w, output: strip_tail(output.summary, "summary.html"),
         not_run=NOT_RUN_ARGS,
     shell:
@@ -45,7 +45,7 @@ rule figure_bars:
     log:
         f"{LOGS}/figures/bars.log",
     params:
-        cfg=params_json("figures", "tables", "workflow", "benchmarks"),
+        cfg=stage_params("figure_bars"),
         outdir=lambda w, output: strip_tail(output[0], f"bars_{REPORT_TASKS[0]}.png"),
         not_run=NOT_RUN_ARGS,
         tasks=REPORT_TASKS,
@@ -69,7 +69,7 @@ rule figure_curves:
     log:
         f"{LOGS}/figures/curves_{{method}}.log",
     params:
-        cfg=params_json("figures"),
+        cfg=stage_params("figure_curves"),
     shell:
         "{PCLBENCH:q} figures --params {params.cfg:q} curves --method {wildcards.method:q} --metrics {input:q} "
         "--out {output:q} --log {log:q}"
@@ -91,7 +91,7 @@ rule figure_swap_grid:
     log:
         f"{LOGS}/figures/swap_grid_{{method}}.log",
     params:
-        cfg=params_json("figures"),
+        cfg=stage_params("figure_swap_grid"),
         pretrain_dir=lambda w: f"{RESULTS}/pretrain/{w.method}",
     shell:
         "{PCLBENCH:q} figures --params {params.cfg:q} swap-grid --method {wildcards.method:q} "
@@ -113,7 +113,7 @@ rule figure_embedding:
     log:
         f"{LOGS}/figures/embedding_{{method}}.log",
     params:
-        cfg=params_json("figures", "benchmarks"),
+        cfg=stage_params("figure_embedding"),
     shell:
         "{PCLBENCH:q} figures --params {params.cfg:q} embedding --method {wildcards.method:q} "
         "--features {input.features:q} --manifest {input.aligned:q}/manifest.csv --out {output:q} --log {log:q}"

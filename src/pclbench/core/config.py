@@ -6,44 +6,19 @@ missing or misspelt key fails loudly, naming the full key path (``pretrain.optim
 """
 from __future__ import annotations
 
-import atexit
-import contextlib
 import copy
 import dataclasses
 import math
 import typing
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Type, TypeVar
 
 import yaml
 
+from pclbench.core.resources import REPO_ROOT, resource_path  # noqa: F401  (REPO_ROOT: tests)
+from pclbench.core.schema_gen import is_model, validator
+
 C = TypeVar("C")
-
-REPO_ROOT = Path(__file__).resolve().parents[3]  # src/pclbench/core/config.py
-# True when the package runs from the repository's src/ layout (editable install, PYTHONPATH=src);
-# False for an installed wheel, where parents[3] is merely some folder above site-packages.
-IN_REPOSITORY = Path(__file__).resolve().parents[2].name == "src" and (REPO_ROOT / "Snakefile").is_file()
-_EXTRACTED = contextlib.ExitStack()  # resources extracted from a zip import live until exit
-atexit.register(_EXTRACTED.close)
-
-
-def resource_path(relpath: str) -> Path:
-    """A repository file the package reads at run time (``"workflow/schemas/config.schema.yaml"``).
-
-    The repository copy is the single source (Snakemake reads it there); a wheel carries it as package
-    data under ``pclbench/_data/<relpath>`` (setup.py's ``build_py`` copies it), read through
-    ``importlib.resources.files`` / ``as_file`` (Python docs, library/importlib.resources: ``as_file``
-    returns the path itself for a file on disk and a temporary copy for e.g. a zip import).
-    A missing file is not an error here: the caller's ``open`` names the path.
-    """
-    if IN_REPOSITORY:
-        return REPO_ROOT / relpath
-    packaged = resources.files("pclbench").joinpath("_data", *relpath.split("/"))
-    if isinstance(packaged, Path) or not packaged.is_file():
-        return Path(str(packaged))
-    return _EXTRACTED.enter_context(resources.as_file(packaged))
-
 
 SCHEMA_PATH = resource_path("workflow/schemas/config.schema.yaml")
 DEFAULT_CONFIG = resource_path("config/config.yaml")
@@ -53,7 +28,7 @@ class ConfigError(ValueError):
     """A config value is missing, unknown or invalid; the message names the key path."""
 
 
-def setting(description: str, *, choices: Any = None, **schema: Any) -> Any:
+def setting(description: str, *, choices: Any = None, optional: bool = False, **schema: Any) -> Any:
     """One key of a config section's typed model: required (no default: the value comes from the config
     file only), with its one-line ``description`` and its JSON-schema keywords, spelt as in JSON schema
     (``minimum``, ``exclusiveMinimum``, ``maximum``, ``minItems``, ``pattern``, ``items`` ...).
@@ -62,18 +37,57 @@ def setting(description: str, *, choices: Any = None, **schema: Any) -> Any:
     the schema is generated, so a newly registered name is allowed without touching the schema. The field's
     type gives ``type`` / ``enum`` (``Literal``) / nesting; :mod:`pclbench.core.schema_gen` writes the
     module sections of ``workflow/schemas/config.schema.yaml`` from these.
+
+    ``optional``: the key may be absent (the schema leaves it out of ``required``; the model then holds
+    None). Only for sub-sections a job receives alone: a probe job's ``--params`` hold just its own task's
+    ``tasks.<task>`` (:mod:`pclbench.core.stages`), so a change to another task does not re-run it.
+    ``null`` stays refused: the annotation is not Optional.
     """
-    return dataclasses.field(metadata={"description": description, "choices": choices, "schema": schema})
+    return dataclasses.field(metadata={"description": description, "choices": choices, "optional": optional,
+                                       "schema": schema})
 
 
 def from_dict(cls: Type[C], data: Mapping[str, Any], where: str = "") -> C:
-    """Build dataclass ``cls`` from ``data``, strictly.
+    """Build dataclass ``cls`` from ``data``, strictly: the one place a config dict becomes a typed model.
 
-    Nested dataclass fields are built recursively. Unknown keys, missing keys and values of the
-    wrong basic type raise :class:`ConfigError` naming ``where.key``.
+    A section model (fields declared with :func:`setting`) is first validated against the JSON schema
+    generated from it (:func:`pclbench.core.schema_gen.model_schema`, the schema of its section in
+    ``workflow/schemas/config.schema.yaml``; Draft 2020-12, as the Snakefile and :mod:`pclbench.core.schema`),
+    and NaN / infinities are refused (:func:`check_config_values`): a model's ``__post_init__`` keeps only
+    the checks a schema cannot say (between fields). Then, for every dataclass, nested dataclass fields are
+    built recursively; unknown keys, missing keys and values of the wrong basic type raise
+    :class:`ConfigError` naming ``where.key`` (``config error at pcl.temperature: ...``).
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or '<root>'}: expected a mapping, got {type(data).__name__}")
+    if is_model(cls):
+        _validate_model(cls, data, where)
+    return _build(cls, data, where)
+
+
+def _validate_model(cls: type, data: Mapping[str, Any], where: str) -> None:
+    """Refuse ``data`` where it breaks the schema generated from model ``cls`` (first error, by key path)."""
+    errors = sorted(validator(cls, where).iter_errors(dict(data)), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        e = errors[0]
+        at = where + "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if where or i else str(p))
+                             for i, p in enumerate(e.absolute_path))
+        prefix = f"{at}." if at else ""
+        if e.validator == "additionalProperties" and isinstance(e.instance, Mapping):
+            known = sorted(e.schema.get("properties", {}))
+            unknown = sorted(set(e.instance) - set(known))
+            raise ConfigError(f"unknown key(s) {', '.join(prefix + str(k) for k in unknown)}; "
+                              f"valid keys under {at or '<root>'}: {', '.join(known)}")
+        if e.validator == "required" and isinstance(e.instance, Mapping):
+            missing = [k for k in e.validator_value if k not in e.instance]
+            raise ConfigError(f"missing key {prefix}{missing[0]}")
+        raise ConfigError(f"config error at {at or '<root>'}: {e.message}")
+    check_config_values(dict(data), where)
+
+
+def _build(cls: Type[C], data: Mapping[str, Any], where: str) -> C:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or '<root>'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -91,6 +105,9 @@ def from_dict(cls: Type[C], data: Mapping[str, Any], where: str = "") -> C:
         if name not in data:
             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
                 continue
+            if f.metadata.get("optional"):  # setting(optional=True): absent -> None
+                kwargs[name] = None
+                continue
             raise ConfigError(f"missing key {key}")
         kwargs[name] = _coerce(hints[name], data[name], key)
     return cls(**kwargs)
@@ -100,7 +117,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key)
+        return _build(tp, value, key)
     if origin is typing.Union:
         if value is None and type(None) in args:
             return None

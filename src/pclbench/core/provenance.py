@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
-from pclbench.core.config import IN_REPOSITORY, REPO_ROOT
+from pclbench.core.resources import IN_REPOSITORY, REPO_ROOT
 
 _PACKAGES = ("pclbench", "torch", "torchvision", "numpy", "pandas", "pyyaml", "snakemake", "dvc",
              "face-alignment", "dlib-bin")

@@ -1,7 +1,7 @@
 """Validate a config dict against ``workflow/schemas/config.schema.yaml``.
 
 The schema is read from the repository, or from the package data of an installed wheel
-(:func:`pclbench.core.config.resource_path`).
+(:func:`pclbench.core.resources.resource_path`).
 
 The Snakefile validates with ``snakemake.utils.validate`` (same schema file); the CLI uses this so a
 stage run by hand gets the same checks. Errors name the offending key path, e.g.

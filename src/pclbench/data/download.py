@@ -79,8 +79,6 @@ import json
 import logging
 import os
 import re
-import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -89,6 +87,9 @@ from typing import Any, Iterator, Optional
 
 import yaml
 
+from pclbench.core.config import setting
+from pclbench.core.io import atomic_write_text  # the lock file and the .part.json sidecars: never half-written
+from pclbench.core.progress import Progress, fmt_bytes
 from pclbench.data.archive import UnsafeArchive, archive_kind, verify_archive
 
 log = logging.getLogger(__name__)
@@ -98,19 +99,24 @@ DIGESTS = ("sha256", "md5")
 
 @dataclasses.dataclass
 class DownloadConfig:
-    """The ``download`` section of config/config.yaml (every field is set there)."""
+    """Acquisition of real datasets (pclbench.data.download / archive / acquire)."""
 
-    retries: int               # extra attempts per mirror after a transient failure (0 = one attempt)
-    backoff_s: float           # wait before the first retry; doubled before each further retry
-    backoff_max_s: float       # upper bound of one wait
-    timeout_s: float           # socket timeout: connecting and every single read
-    deadline_s: float          # overall limit for one file: all mirrors, retries and waits together
-    chunk_bytes: int           # bytes read and written per step
-    progress_every_s: float    # without a terminal: one progress log line every this many seconds
-    user_agent: str            # some hosts refuse Python's default User-Agent
-    lock_file: str             # YAML lock file of recorded checksums (relative to the working directory)
-    max_extract_bytes: int     # archive extraction: refuse an archive unpacking to more bytes than this
-    max_extract_files: int     # archive extraction: refuse an archive with more entries than this
+    retries: int = setting("extra attempts per mirror after a transient failure (0 = one attempt)", minimum=0)
+    backoff_s: float = setting("wait before the first retry in seconds (doubled before each further retry)",
+                               minimum=0)
+    backoff_max_s: float = setting("upper bound of one wait in seconds", minimum=0)
+    timeout_s: float = setting("socket timeout in seconds for connecting and for every single read",
+                               exclusiveMinimum=0)
+    deadline_s: float = setting("overall time limit for one file (all mirrors, retries and waits) in seconds",
+                                exclusiveMinimum=0)
+    chunk_bytes: int = setting("bytes per read/write step", minimum=1024)
+    progress_every_s: float = setting("without a terminal: one progress log line every this many seconds",
+                                      exclusiveMinimum=0)
+    user_agent: str = setting("HTTP User-Agent header (some hosts refuse Python's default)", minLength=1)
+    lock_file: str = setting("YAML file of checksums recorded on first download (relative to the working directory)",
+                             minLength=1)
+    max_extract_bytes: int = setting("refuse archives unpacking to more bytes than this", minimum=1)
+    max_extract_files: int = setting("refuse archives with more entries than this", minimum=1)
 
 
 @dataclasses.dataclass
@@ -170,24 +176,6 @@ def file_digests(path: Path, chunk_bytes: int = 1 << 20, algorithms=DIGESTS) -> 
 
 def _now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling and ``os.replace``: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 LOCK_HEADER = """\
@@ -366,62 +354,6 @@ def _mismatch(path: Path, actual: dict, want: _Expected) -> Optional[str]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# progress
-
-
-class _Progress:
-    """tqdm on a terminal (bytes, rate, ETA); otherwise a log line every ``every_s`` seconds."""
-
-    def __init__(self, desc: str, every_s: float):
-        self.desc, self.every_s = desc, every_s
-        self.bar = None
-        self.total: Optional[int] = None
-        self.done = 0
-        self.t0 = self.t_last = time.monotonic()
-        self.start_bytes = 0
-
-    def start(self, done: int, total: Optional[int]) -> None:
-        self.close()
-        self.done, self.total, self.start_bytes = done, total, done
-        self.t0 = self.t_last = time.monotonic()
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=done, desc=self.desc, unit="B", unit_scale=True,
-                            unit_divisor=1024, dynamic_ncols=True)
-        else:
-            log.info("%s: %s%s", self.desc, "resuming at " + _fmt_bytes(done) if done else "starting",
-                     f" of {_fmt_bytes(total)}" if total else "")
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            return
-        now = time.monotonic()
-        if now - self.t_last >= self.every_s:
-            self.t_last = now
-            rate = (self.done - self.start_bytes) / max(now - self.t0, 1e-9)
-            pct = f" ({100.0 * self.done / self.total:.1f} %)" if self.total else ""
-            log.info("%s: %s%s at %s/s", self.desc, _fmt_bytes(self.done), pct, _fmt_bytes(rate))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
-# ---------------------------------------------------------------------------------------------------
 # what a response / a body must not be
 
 
@@ -526,7 +458,7 @@ class _Deadline:
 # one transfer attempt
 
 
-def _transfer(url: str, name: str, part: Path, meta: Path, cfg: DownloadConfig, progress: _Progress,
+def _transfer(url: str, name: str, part: Path, meta: Path, cfg: DownloadConfig, desc: str,
               deadline: _Deadline) -> None:
     """Bring ``part`` to the complete content of ``url`` (resuming only under a strong validator).
 
@@ -618,7 +550,8 @@ def _transfer(url: str, name: str, part: Path, meta: Path, cfg: DownloadConfig, 
         else:
             raise _NextMirror(f"unexpected HTTP {status} for a download")
         atomic_write_text(meta, json.dumps(info))  # before the first byte: the .part's origin is known
-        progress.start(offset, total)
+        # tqdm on a terminal (bytes, rate, ETA), else a log line every download.progress_every_s
+        progress = Progress(desc, total, unit="B", logger=log, every_s=cfg.progress_every_s, initial=offset)
         got = offset
         read = getattr(resp, "read1", resp.read)
         try:
@@ -704,14 +637,13 @@ def fetch(spec: FileSpec, dest: str | os.PathLike, cfg: DownloadConfig, *, datas
 
     failures: list[str] = []
     mismatches: list[str] = []
-    progress = _Progress(f"{dataset}/{spec.name}", cfg.progress_every_s)
     for url in spec.urls:
         ok = False
         for attempt in range(cfg.retries + 1):
             if deadline.left() <= 0:
                 _deadline_error(spec, dest, cfg, dataset, failures)
             try:
-                _transfer(url, spec.name, part, meta, cfg, progress, deadline)
+                _transfer(url, spec.name, part, meta, cfg, f"{dataset}/{spec.name}", deadline)
                 ok = True
                 break
             except _DeadlineHit:
@@ -787,7 +719,7 @@ def _deadline_error(spec: FileSpec, dest: Path, cfg: DownloadConfig, dataset: st
     earlier = ("\n  earlier failures:\n  " + "\n  ".join(failures)) if failures else ""
     raise DeadlineExceeded(
         f"{dest} (dataset {dataset}): not complete after download.deadline_s = {cfg.deadline_s:g} s "
-        f"({_fmt_bytes(got)} received); nothing was verified, recorded or renamed into place. Raise "
+        f"({fmt_bytes(got)} received); nothing was verified, recorded or renamed into place. Raise "
         f"download.deadline_s for a slow mirror." + _partial_note(part, meta) + earlier)
 
 

@@ -4,7 +4,7 @@ The authors' FER probe reads RAF-DB's released aligned images (``basic/Image/ali
 <name>_aligned.jpg``, 100 x 100) through ``transforms.Resize(100)`` + ``ToTensor`` and nothing else
 (docs/method.md §3.5 and 4.1; DreamMr/PCL data_process/lineardb.py: ``Image.open(...).convert('RGB')``,
 then ``Resize(100)``, ``ToTensor()``). Re-aligning those crops with a landmark detector and a
-template (the ``similarity`` mode of :mod:`pclbench.align.aligner`) changes the pixels the probe sees,
+template (the ``similarity`` mode of :mod:`pclbench.align.geometry`) changes the pixels the probe sees,
 so the paper protocol offers this pass-through instead.
 
 What it does per image (RGB, as the align stage reads it):
@@ -50,7 +50,7 @@ def as_is_crop(image: Image.Image, size: int) -> np.ndarray:
 def as_is_result(rows: Sequence[int], images: Sequence[Image.Image], failures: list[tuple[int, str]],
                  size: int, read_seconds: float) -> dict[str, Any]:
     """The align stage's per-batch result for crop mode ``as_is`` (the fields of
-    ``pclbench.align.aligner._ChunkResult``): ``rows[j]`` is the raw-manifest row of ``images[j]``;
+    ``pclbench.align.chunks.ChunkResult``): ``rows[j]`` is the raw-manifest row of ``images[j]``;
     ``failures`` (the batch's read failures so far) is extended with the rejected images."""
     failures = list(failures)
     kept: list[int] = []

@@ -62,9 +62,10 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pclbench.core.config import ConfigError
+from pclbench.core.config import ConfigError, setting
 from pclbench.core.io import atomic_dir, atomic_file
-from pclbench.align import landmarks as _landmarks
+from pclbench.core.progress import Progress
+from pclbench.align import pts as _pts
 from pclbench.data.synth_render import (  # noqa: F401  (re-exported public API)
     AU_NAMES,
     EXPRESSIONS,
@@ -106,114 +107,116 @@ _K_IDENTITY, _K_IMAGE, _K_STRUCTURE = 0, 1, 2
 
 @dataclass
 class VoxConfig:
-    n_identities: int
-    clips_per_identity: int
-    frames_per_clip: int
-    keyframes_per_clip: int
+    """synth_vox, VoxCeleb-like pretraining clips (split train)."""
+
+    n_identities: int = setting("identities (disjoint from other SynthFaces sets)", minimum=1)
+    clips_per_identity: int = setting("clips per identity (own lighting/background/framing)", minimum=1)
+    frames_per_clip: int = setting("frames per clip", minimum=2)
+    keyframes_per_clip: int = setting("pose/expression keyframes per clip, eased between", minimum=2)
 
 
 @dataclass
 class ExpressionConfig:
-    n_identities_train: int
-    n_identities_test: int
-    images_per_class_train: int
-    images_per_class_test: int
+    """synth_expression, RAF-DB-like FER set (train/test, subject-disjoint, balanced classes)."""
+
+    n_identities_train: int = setting("subjects of the train split", minimum=1)
+    n_identities_test: int = setting("subjects of the test split", minimum=1)
+    images_per_class_train: int = setting("train images per expression class", minimum=1)
+    images_per_class_test: int = setting("test images per expression class", minimum=1)
 
 
 @dataclass
 class VerificationConfig:
-    n_folds: int
-    identities_per_fold: int
-    images_per_identity: int
-    pairs_per_fold: int
+    """synth_verification, LFW-like pairs (split all + pairs.csv, identity-disjoint folds)."""
+
+    n_folds: int = setting("folds with disjoint identities", minimum=2)
+    identities_per_fold: int = setting("identities per fold", minimum=2)
+    images_per_identity: int = setting("images per identity", minimum=2)
+    pairs_per_fold: int = setting("pairs per fold, half same and half different", minimum=2, multipleOf=2)
 
 
 @dataclass
 class AUConfig:
-    n_identities: int
-    n_images: int
-    n_folds: int
-    expression_fraction: float
-    au_probability: float
-    au_intensity: list[float]
+    """synth_au, DISFA-like AU set (split all, subject-exclusive folds)."""
+
+    n_identities: int = setting("subjects (subject k in fold k mod n_folds)", minimum=2)
+    n_images: int = setting("images spread evenly over the subjects", minimum=2)
+    n_folds: int = setting("subject-exclusive folds", minimum=2)
+    expression_fraction: float = setting("fraction of images showing expression prototypes", minimum=0, maximum=1)
+    au_probability: float = setting("per-AU activation probability in a random combination",
+                                    exclusiveMinimum=0, maximum=1)
+    au_intensity: list[float] = setting("[lo, hi] intensity of an active AU in a random combination",
+                                        items={"type": "number", "exclusiveMinimum": 0, "maximum": 5},
+                                        minItems=2, maxItems=2)
 
 
 @dataclass
 class PoseConfig:
-    n_identities_train: int
-    n_identities_test: int
-    n_train: int
-    n_test: int
+    """synth_pose, head-pose regression set (train/test, subject-disjoint, pose uniform)."""
+
+    n_identities_train: int = setting("subjects of the train split", minimum=1)
+    n_identities_test: int = setting("subjects of the test split", minimum=1)
+    n_train: int = setting("train images", minimum=1)
+    n_test: int = setting("test images", minimum=1)
 
 
 @dataclass
 class SynthConfig:
-    """The ``synth`` config section (config/config.yaml documents every key)."""
+    """SynthFaces, the built-in offline datasets rendered from a seed (pclbench.data.synth).
 
-    seed: int
-    image_size: int
-    supersample: int
-    face_scale: list[float]
-    center_jitter: float
-    max_yaw: float
-    max_pitch: float
-    max_roll: float
-    expression_intensity: list[float]
-    vox: VoxConfig
-    expression: ExpressionConfig
-    verification: VerificationConfig
-    au: AUConfig
-    pose: PoseConfig
+    Types and ranges are checked by the schema generated from these fields (at the boundary:
+    :func:`pclbench.core.config.from_dict`); :meth:`__post_init__` checks only what a JSON schema
+    cannot state, relations between keys.
+    """
 
+    seed: int = setting("root of every random draw (identities, poses, AUs, scenes, splits, pairs)", minimum=0)
+    image_size: int = setting("side of the square output frame in pixels", minimum=32, maximum=1024)
+    supersample: int = setting("render at this multiple of image_size and box-filter down (anti-aliasing)",
+                               minimum=1, maximum=4)
+    face_scale: list[float] = setting("[lo, hi] nominal brow-to-chin face height as a fraction of the frame (uniform)",
+                                      items={"type": "number", "minimum": 0.1, "maximum": 1.0},
+                                      minItems=2, maxItems=2)
+    center_jitter: float = setting("max offset of the face centre from the frame centre, fraction of the frame",
+                                   minimum=0, maximum=0.25)
+    max_yaw: float = setting("yaw uniform in [-max_yaw, max_yaw] degrees (yaw > 0 turns the face to the image left)",
+                             minimum=0, maximum=90)
+    max_pitch: float = setting("pitch uniform in [-max_pitch, max_pitch] degrees (pitch > 0 looks up)",
+                               minimum=0, maximum=60)
+    max_roll: float = setting("roll uniform in [-max_roll, max_roll] degrees (roll > 0 counter-clockwise in the image)",
+                              minimum=0, maximum=60)
+    expression_intensity: list[float] = setting("[lo, hi] FACS intensity (0-5) of the AUs of an expression prototype",
+                                                items={"type": "number", "exclusiveMinimum": 0, "maximum": 5},
+                                                minItems=2, maxItems=2)
+    vox: VoxConfig = setting("synth_vox, VoxCeleb-like pretraining clips (split train)")
+    expression: ExpressionConfig = setting(
+        "synth_expression, RAF-DB-like FER set (train/test, subject-disjoint, balanced classes)")
+    verification: VerificationConfig = setting(
+        "synth_verification, LFW-like pairs (split all + pairs.csv, identity-disjoint folds)")
+    au: AUConfig = setting("synth_au, DISFA-like AU set (split all, subject-exclusive folds)")
+    pose: PoseConfig = setting("synth_pose, head-pose regression set (train/test, subject-disjoint, pose uniform)")
 
-def validate_config(cfg: SynthConfig) -> None:
-    """Range checks that the schema types cannot express; raises ConfigError naming the key."""
+    def __post_init__(self) -> None:
+        """Cross-field constraints (no JSON-schema keyword relates two values); ConfigError names the key."""
 
-    def need(ok: bool, key: str, value, what: str):
-        if not ok:
-            raise ConfigError(f"synth.{key} = {value!r}: {what}")
+        def need(ok: bool, key: str, value, what: str):
+            if not ok:
+                raise ConfigError(f"synth.{key} = {value!r}: {what}")
 
-    need(32 <= cfg.image_size <= 1024, "image_size", cfg.image_size, "must be in 32..1024")
-    need(1 <= cfg.supersample <= 4, "supersample", cfg.supersample, "must be in 1..4")
-    need(len(cfg.face_scale) == 2 and 0.1 <= cfg.face_scale[0] <= cfg.face_scale[1] <= 1.0,
-         "face_scale", cfg.face_scale, "must be [lo, hi] with 0.1 <= lo <= hi <= 1")
-    need(0.0 <= cfg.center_jitter <= 0.25, "center_jitter", cfg.center_jitter, "must be in 0..0.25")
-    need(0.0 <= cfg.max_yaw <= 90.0, "max_yaw", cfg.max_yaw, "must be in 0..90 degrees")
-    need(0.0 <= cfg.max_pitch <= 60.0, "max_pitch", cfg.max_pitch, "must be in 0..60 degrees")
-    need(0.0 <= cfg.max_roll <= 60.0, "max_roll", cfg.max_roll, "must be in 0..60 degrees")
-    lo_hi = cfg.expression_intensity
-    need(len(lo_hi) == 2 and 0.0 < lo_hi[0] <= lo_hi[1] <= 5.0, "expression_intensity", lo_hi,
-         "must be [lo, hi] with 0 < lo <= hi <= 5 (FACS intensity)")
-    v = cfg.vox
-    need(v.n_identities >= 1, "vox.n_identities", v.n_identities, "must be >= 1")
-    need(v.clips_per_identity >= 1, "vox.clips_per_identity", v.clips_per_identity, "must be >= 1")
-    need(v.frames_per_clip >= 2, "vox.frames_per_clip", v.frames_per_clip, "must be >= 2")
-    need(v.keyframes_per_clip >= 2, "vox.keyframes_per_clip", v.keyframes_per_clip, "must be >= 2")
-    e = cfg.expression
-    for k in ("n_identities_train", "n_identities_test", "images_per_class_train", "images_per_class_test"):
-        need(getattr(e, k) >= 1, f"expression.{k}", getattr(e, k), "must be >= 1")
-    f = cfg.verification
-    need(f.n_folds >= 2, "verification.n_folds", f.n_folds, "must be >= 2")
-    need(f.identities_per_fold >= 2, "verification.identities_per_fold", f.identities_per_fold, "must be >= 2")
-    need(f.images_per_identity >= 2, "verification.images_per_identity", f.images_per_identity, "must be >= 2")
-    need(f.pairs_per_fold >= 2 and f.pairs_per_fold % 2 == 0, "verification.pairs_per_fold", f.pairs_per_fold,
-         "must be an even number >= 2 (half same, half different)")
-    n_same = f.identities_per_fold * f.images_per_identity * (f.images_per_identity - 1) // 2
-    need(f.pairs_per_fold // 2 <= n_same, "verification.pairs_per_fold", f.pairs_per_fold,
-         f"asks for {f.pairs_per_fold // 2} same pairs per fold but only {n_same} exist")
-    a = cfg.au
-    need(a.n_folds >= 2, "au.n_folds", a.n_folds, "must be >= 2")
-    need(a.n_identities >= a.n_folds, "au.n_identities", a.n_identities, "must be >= au.n_folds")
-    need(a.n_images >= a.n_identities, "au.n_images", a.n_images, "must be >= au.n_identities")
-    need(0.0 <= a.expression_fraction <= 1.0, "au.expression_fraction", a.expression_fraction, "must be in 0..1")
-    need(0.0 < a.au_probability <= 1.0, "au.au_probability", a.au_probability, "must be in (0, 1]")
-    need(len(a.au_intensity) == 2 and 0.0 < a.au_intensity[0] <= a.au_intensity[1] <= 5.0, "au.au_intensity",
-         a.au_intensity, "must be [lo, hi] with 0 < lo <= hi <= 5")
-    p = cfg.pose
-    for k in ("n_identities_train", "n_identities_test"):
-        need(getattr(p, k) >= 1, f"pose.{k}", getattr(p, k), "must be >= 1")
-    need(p.n_train >= p.n_identities_train, "pose.n_train", p.n_train, "must be >= pose.n_identities_train")
-    need(p.n_test >= p.n_identities_test, "pose.n_test", p.n_test, "must be >= pose.n_identities_test")
+        need(self.face_scale[0] <= self.face_scale[1], "face_scale", self.face_scale, "must be [lo, hi] with lo <= hi")
+        lo_hi = self.expression_intensity
+        need(lo_hi[0] <= lo_hi[1], "expression_intensity", lo_hi, "must be [lo, hi] with lo <= hi")
+        f = self.verification
+        n_same = f.identities_per_fold * f.images_per_identity * (f.images_per_identity - 1) // 2
+        need(f.pairs_per_fold // 2 <= n_same, "verification.pairs_per_fold", f.pairs_per_fold,
+             f"asks for {f.pairs_per_fold // 2} same pairs per fold but only {n_same} exist")
+        a = self.au
+        need(a.n_identities >= a.n_folds, "au.n_identities", a.n_identities, "must be >= au.n_folds")
+        need(a.n_images >= a.n_identities, "au.n_images", a.n_images, "must be >= au.n_identities")
+        need(a.au_intensity[0] <= a.au_intensity[1], "au.au_intensity", a.au_intensity,
+             "must be [lo, hi] with lo <= hi")
+        p = self.pose
+        need(p.n_train >= p.n_identities_train, "pose.n_train", p.n_train, "must be >= pose.n_identities_train")
+        need(p.n_test >= p.n_identities_test, "pose.n_test", p.n_test, "must be >= pose.n_identities_test")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,12 +226,12 @@ def validate_config(cfg: SynthConfig) -> None:
 
 def read_pts(path) -> np.ndarray:
     """Read a SynthFaces ``.pts`` file -> (68, 2) (x, y), 0-based pixel centres."""
-    return _landmarks.read_pts(path, index_base=0)
+    return _pts.read_pts(path, index_base=0)
 
 
 def write_pts(path, pts) -> None:
     """Write (68, 2) 0-based (x, y) landmarks as an iBUG ``.pts`` file (``version: 1``, 0-based)."""
-    _landmarks.write_pts(path, pts, index_base=0)
+    _pts.write_pts(path, pts, index_base=0)
 
 
 def hflip_landmarks(lm: np.ndarray, width: int) -> np.ndarray:
@@ -498,34 +501,6 @@ def _write_csv(path: Path, columns: Iterable[str], rows: Iterable) -> None:
     path.write_text(buf.getvalue())
 
 
-class _Progress:
-    """tqdm on a terminal, otherwise a log line every ~10 %."""
-
-    def __init__(self, total: int, desc: str):
-        self.total, self.desc, self.n, self.t0 = total, desc, 0, time.perf_counter()
-        self.next_log = max(1, total // 10)
-        self.bar = None
-        if sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, desc=desc, unit="img")
-            except ImportError:  # pragma: no cover
-                self.bar = None
-
-    def update(self, k: int) -> None:
-        self.n += k
-        if self.bar is not None:
-            self.bar.update(k)
-        elif self.n >= self.next_log or self.n == self.total:
-            log.info("%s: %d/%d images (%.1f s)", self.desc, self.n, self.total, time.perf_counter() - self.t0)
-            self.next_log = self.n + max(1, self.total // 10)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _pool_context():
     # fork starts workers instantly and they only use numpy; elsewhere fall back to spawn
     return mp.get_context("fork" if "fork" in mp.get_all_start_methods() and sys.platform.startswith("linux") else "spawn")
@@ -543,14 +518,13 @@ def generate(name: str, out_dir: Path, cfg: SynthConfig, seed: int, workers: int
         raise ConfigError(f"unknown SynthFaces dataset {name!r}; known: {', '.join(DATASETS)}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    validate_config(cfg)
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     with atomic_dir(out_dir) as tmp:  # a failure deletes tmp and leaves out_dir untouched
         jobs, extra = _plan(name, cfg, seed)
         args = [(name, cfg, seed, k, items, str(tmp)) for k, items in sorted(jobs.items())]
         total = sum(len(items) for items in jobs.values())
-        progress = _Progress(total, f"generate {name}")
+        progress = Progress(f"generate {name}", total, unit="img", logger=log)
         results: list[tuple[int, str, dict]] = []
         try:
             if workers == 1:

@@ -25,26 +25,19 @@ from typing import Iterator, Literal
 import numpy as np
 from PIL import Image
 
-from pclbench.core.config import ConfigError
+from pclbench.core.config import setting
 
 
 @dataclass
 class VideoConfig:
-    """Config section ``video`` (see config/config.yaml)."""
+    """Video frame sampling for pretraining datasets (pclbench.data.video, VoxCeleb parsers)."""
 
-    fps: float  # frames kept per second of video (A.3's rule is ~6 fps)
-    max_frames_per_clip: int  # at most this many frames per clip (the first ones in time)
-    image_format: Literal["jpg", "png"]  # frame files: jpg (small) or png (lossless)
-    jpeg_quality: int  # 1-100, for jpg
-    exclusion_file: str  # identities left out of pretraining ("" = none); relative to the working dir
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.fps) and self.fps > 0):
-            raise ConfigError(f"video.fps: must be > 0, got {self.fps!r}")
-        if self.max_frames_per_clip < 1:
-            raise ConfigError(f"video.max_frames_per_clip: must be >= 1, got {self.max_frames_per_clip!r}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ConfigError(f"video.jpeg_quality: must be in 1..100, got {self.jpeg_quality!r}")
+    fps: float = setting("frames kept per second of video, by timestamp (A.3's rule is ~6 fps)", exclusiveMinimum=0)
+    max_frames_per_clip: int = setting("at most this many frames per clip, the earliest", minimum=1)
+    image_format: Literal["jpg", "png"] = setting("frame file format for decoded videos: jpg (small) or png (lossless)")
+    jpeg_quality: int = setting("JPEG quality of decoded frames", minimum=1, maximum=100)
+    exclusion_file: str = setting('identities left out (one id or VGGFace1 name per line), relative to the working '
+                                  'dir; "" = none')
 
 
 class VideoDecodeError(RuntimeError):

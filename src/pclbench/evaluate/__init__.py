@@ -1,12 +1,14 @@
 """Linear evaluation of frozen facial representations on four tasks (docs/method.md §4).
 
 ``TASKS`` maps a task name to its module (expression, verification, au, pose); each module has
-``run(bench, roots, config, probe, seed, readout) -> run dict`` and may have ``training_free(config)``
-and ``describe(probe, config)``. :func:`run_benchmark` (:mod:`pclbench.evaluate.benchmark`) is the
-stage-5 entry point of docs/architecture.md: one (method, benchmark) job running every readout x seed
-on the cached features of stage 4 and the aligned manifests of stage 2. Under the default ``clean``
-protocol every hyperparameter is selected on validation data carved from the training data (never on
-test, the fix of docs/method.md §6.1 item 1); ``paper`` reproduces the authors' best-test-epoch selection.
+``run(bench, roots, config, probe, seed, readout) -> run dict``, its headline metric ``PRIMARY_METRIC``
+with ``HIGHER_IS_BETTER`` (read by the probe results and the tables: :func:`primary_metric`) and may
+have ``training_free(config)`` and ``describe(probe, config)``. :func:`run_benchmark`
+(:mod:`pclbench.evaluate.benchmark`) is the stage-5 entry point of docs/architecture.md: one (method,
+benchmark) job running every readout x seed on the cached features of stage 4 and the aligned
+manifests of stage 2. Under the default ``clean`` protocol every hyperparameter is selected on
+validation data carved from the training data (never on test, the fix of docs/method.md §6.1 item 1);
+``paper`` reproduces the authors' best-test-epoch selection.
 """
 from __future__ import annotations
 
@@ -15,14 +17,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pclbench.core.registry import Registry
-from pclbench.evaluate import au, expression, pose, verification
-from pclbench.evaluate.benchmark import PRIMARY, Benchmark, DataRef, Roots, run_benchmark, sample_stats, summarize
-
-TASKS: Registry[Any] = Registry("task")
-for _name, _module in (("expression", expression), ("verification", verification), ("au", au), ("pose", pose)):
-    TASKS.register(_name)(_module)
-
+from pclbench.evaluate.benchmark import Benchmark, DataRef, Roots, run_benchmark, sample_stats, summarize
+from pclbench.evaluate.tasks import TASKS, primary_metric
 
 def _json_safe(obj: Any) -> Any:
     """nan/inf -> None (JSON has no nan), numpy scalars -> Python, tuples -> lists."""
@@ -68,5 +64,5 @@ def load_results(probes_dir: Path) -> list[dict]:
     return out
 
 
-__all__ = ["TASKS", "PRIMARY", "Benchmark", "DataRef", "Roots", "run_benchmark", "sample_stats", "summarize",
+__all__ = ["TASKS", "primary_metric", "Benchmark", "DataRef", "Roots", "run_benchmark", "sample_stats", "summarize",
            "save_result", "load_results"]

@@ -41,7 +41,7 @@ from typing import Literal
 import numpy as np
 
 from pclbench.evaluate import metrics
-from pclbench.core.config import ConfigError, from_dict
+from pclbench.core.config import from_dict, setting
 from pclbench.evaluate.linear import ProbeConfig, TrainConfig, fit_probe, percent
 from pclbench.evaluate.splits import check_fold_exclusivity
 
@@ -49,15 +49,21 @@ log = logging.getLogger(__name__)
 
 _AU_COLUMN = re.compile(r"^AU(\d+)$")
 
+# The task's headline number (the probe-result contract's ``primary_metric``; the tables' primary column)
+PRIMARY_METRIC = "mean_f1_pct"
+HIGHER_IS_BETTER = True
+
 
 @dataclass
 class AUConfig:
     """Section ``tasks.au`` (protocol only; the dataset, split and AU list live in the benchmark)."""
 
-    occurrence_threshold: float
-    threshold: Literal["fixed", "validation"]
-    fixed_threshold: float
-    train: TrainConfig
+    occurrence_threshold: float = setting("Occurrence = intensity >= this.", minimum=0, maximum=5)
+    threshold: Literal["fixed", "validation"] = setting(
+        "fixed = fixed_threshold for every AU; validation = per-AU F1-optimal threshold on validation.")
+    fixed_threshold: float = setting("Probability above which an AU is predicted present (threshold fixed).",
+                                     exclusiveMinimum=0, exclusiveMaximum=1)
+    train: TrainConfig = setting("Optimisation and selection grid of the linear probe.")
 
 
 def au_columns(columns, labels, where: str) -> list[str]:
@@ -97,8 +103,6 @@ def run(bench, roots, config: dict, probe: ProbeConfig, seed: int, readout: str)
     """Cross-validated AU probe over the subject-exclusive folds of ``bench.test``; returns the run dict."""
     cfg = from_dict(AUConfig, config["tasks"]["au"], "tasks.au")
     cfg.train.check("tasks.au.train")
-    if not 0.0 < cfg.fixed_threshold < 1.0:
-        raise ConfigError(f"tasks.au.fixed_threshold must be in (0, 1), got {cfg.fixed_threshold}")
     where = roots.manifest_path(bench.test)
     x, manifest = roots.load(bench.test, readout)
     cols = au_columns(manifest.columns, bench.labels, where)

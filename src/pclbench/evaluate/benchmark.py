@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from pclbench.core.config import ConfigError, from_dict
-from pclbench.evaluate.linear import ProbeConfig, load_split, method_info
+from pclbench.evaluate.linear import ProbeConfig, load_split
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,6 @@ class Roots:
         return str(self.aligned / ref.dataset / ref.split / "manifest.csv")
 
 
-# task -> (primary metric, higher is better); the table's headline number (COMMON contract)
-PRIMARY = {"expression": ("accuracy_pct", True), "verification": ("accuracy_pct", True),
-           "au": ("mean_f1_pct", True), "pose": ("mae_mean_deg", False)}
-
-
 def sample_stats(values: list[float | None]) -> dict[str, Any]:
     """{mean, std, n} over the defined values: std = sample std (ddof=1), 0 when n = 1; an undefined
     (None / nan) value is left out of n; no defined value -> mean and std None."""
@@ -99,7 +94,7 @@ def summarize(runs: list[dict], readouts: list[str]) -> dict[str, dict[str, dict
 
 def parse_benchmark(name: str, entry: dict) -> Benchmark:
     bench = from_dict(Benchmark, entry, f"benchmarks.{name}")
-    from pclbench.evaluate import TASKS
+    from pclbench.evaluate.tasks import TASKS
 
     if bench.task not in TASKS.names():
         raise ConfigError(f"benchmarks.{name}.task: {bench.task!r} is not a task ({', '.join(TASKS.names())})")
@@ -124,9 +119,10 @@ def run_benchmark(name: str, entry: dict, features_root: Path, aligned_root: Pat
     ``readouts`` default to ``seed + k`` (k < probe.n_seeds) and ``probe.readouts``. Returns the
     COMMON probe-result contract: benchmark, task, method, datasets, protocol, readouts, seeds, runs
     (one per readout x seed, with per-class / per-AU / per-angle detail and the selected
-    hyperparameters), summary, std_over, primary_metric, higher_is_better, method_info.
+    hyperparameters), summary, std_over, primary_metric, higher_is_better, method_info (None here: the
+    encoder's record, ``pclbench.cli.checkpoint_info``, is filled in by ``pclbench probe --checkpoint``).
     """
-    from pclbench.evaluate import TASKS
+    from pclbench.evaluate.tasks import TASKS
 
     t0 = time.perf_counter()
     bench = parse_benchmark(name, entry)
@@ -135,10 +131,9 @@ def run_benchmark(name: str, entry: dict, features_root: Path, aligned_root: Pat
             raise ConfigError(f"the probe needs config section {key!r} (got {sorted(config)})")
     if bench.task not in config["tasks"]:
         raise ConfigError(f"config section tasks has no entry {bench.task!r} (benchmark {name})")
-    probe = from_dict(ProbeConfig, config["probe"], "probe").check()
-    if readouts is not None:
-        probe.readouts = list(readouts)
-        probe.check()
+    # explicit readouts replace probe.readouts before the section is built, so the schema checks them too
+    probe_section = config["probe"] if readouts is None else {**config["probe"], "readouts": list(readouts)}
+    probe = from_dict(ProbeConfig, probe_section, "probe")
     if seeds is None:
         if "seed" not in config:
             raise ConfigError("the probe needs the master `seed` (config key seed) or explicit seeds")
@@ -176,7 +171,7 @@ def run_benchmark(name: str, entry: dict, features_root: Path, aligned_root: Pat
     finally:
         torch.set_num_threads(before)
 
-    primary, higher = PRIMARY[bench.task]
+    primary, higher = task.PRIMARY_METRIC, task.HIGHER_IS_BETTER  # the task's headline number (COMMON contract)
     if free:
         # one run per readout; the spread is the fold-to-fold one (LFW convention), n = folds
         summary = {r["readout"]: {k: dict(v) for k, v in r["fold_summary"].items()} for r in runs}
@@ -194,13 +189,13 @@ def run_benchmark(name: str, entry: dict, features_root: Path, aligned_root: Pat
         "readouts": list(probe.readouts), "seeds": run_seeds,
         "runs": runs, "summary": summary, "std_over": std_over,
         "primary_metric": primary, "higher_is_better": higher,
-        "method_info": method_info(config, method),
+        "method_info": None,  # the encoder's own record: pclbench.cli.checkpoint_info (pclbench probe --checkpoint)
         "elapsed_s": time.perf_counter() - t0,
     }
 
 
 def _describe(task_name: str, probe: ProbeConfig, config: dict) -> str:
-    from pclbench.evaluate import TASKS
+    from pclbench.evaluate.tasks import TASKS
 
     task = TASKS.get(task_name)
     extra = getattr(task, "describe", None)

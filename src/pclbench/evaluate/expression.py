@@ -20,16 +20,21 @@ from typing import Literal
 import numpy as np
 
 from pclbench.evaluate import metrics
-from pclbench.core.config import from_dict
+from pclbench.core.config import from_dict, setting
 from pclbench.evaluate.linear import ProbeConfig, TrainConfig, fit_probe, percent, require_columns
+
+# The task's headline number (the probe-result contract's ``primary_metric``; the tables' primary column)
+PRIMARY_METRIC = "accuracy_pct"
+HIGHER_IS_BETTER = True
 
 
 @dataclass
 class ExpressionConfig:
     """Section ``tasks.expression`` (protocol only; data and class names live in the benchmark)."""
 
-    selection_metric: Literal["accuracy", "mean_class_accuracy"]
-    train: TrainConfig
+    selection_metric: Literal["accuracy", "mean_class_accuracy"] = setting(
+        "Metric that selects the probe setting: accuracy, or the mean of per-class recalls.")
+    train: TrainConfig = setting("Optimisation and selection grid of the linear probe.")
 
 
 def _labels(manifest, num_classes: int, where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -14,30 +14,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pclbench.core.config import from_dict
+from pclbench.core.config import from_dict, setting
+from pclbench.core.device import resolve_device
 from pclbench.core.io import atomic_file
 
 log = logging.getLogger(__name__)
 
+# The readouts every feature file stores (one (N, D) array each, plus `row`): the shared trunk, the
+# face-aware head F_f and the pose head F_p (pclbench.evaluate.linear adds "concat" = [F_f, F_p])
 READOUTS = ("trunk", "face", "pose")
 
 
 @dataclass
 class EvaluateConfig:
-    """Section ``evaluate``: how frozen features are computed."""
+    """Feature extraction: how the frozen encoder computes the cached features (pclbench.evaluate.extract)."""
 
-    batch_size: int  # images per encoder forward pass
-    device: str  # auto | cpu | cuda
-    num_threads: int  # torch CPU threads; 0 = torch's default
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; an explicit ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
+    batch_size: int = setting("images per encoder forward pass", minimum=1)
+    device: str = setting("torch device of the encoder: auto | cpu | cuda | cuda:<index>",
+                          pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
+    num_threads: int = setting("torch CPU threads; 0 = torch's default", minimum=0)
 
 
 @torch.inference_mode()
@@ -76,7 +71,7 @@ def extract(checkpoint: Path, data_dir: Path, out_path: Path, cfg: EvaluateConfi
     t0 = time.perf_counter()
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "evaluate.device")
     encoder = load_encoder(checkpoint, map_location="cpu")
     shard = open_shard(data_dir)
     feats = encode_images(encoder, shard.images, cfg.batch_size, device)
@@ -96,15 +91,6 @@ def extract(checkpoint: Path, data_dir: Path, out_path: Path, cfg: EvaluateConfi
     }
     log.info("features %s: %s", out_path, summary)
     return summary
-
-
-def load_features(path: Path) -> dict[str, np.ndarray]:
-    """Read a feature file written by :func:`extract` (plain arrays, no pickles)."""
-    with np.load(path, allow_pickle=False) as z:
-        missing = [k for k in ("row", *READOUTS) if k not in z.files]
-        if missing:
-            raise ValueError(f"{path}: not a pclbench feature file (missing {missing})")
-        return {k: z[k] for k in z.files}
 
 
 def evaluate_config(config: dict) -> EvaluateConfig:

@@ -59,7 +59,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +69,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from pclbench.core.config import ConfigError, setting
+from pclbench.core.device import resolve_device
+from pclbench.align.shards import MANIFEST, read_manifest
+from pclbench.evaluate.extract import READOUTS as STORED_READOUTS
 from pclbench.evaluate.splits import carve_validation
 
 log = logging.getLogger(__name__)
@@ -78,38 +81,31 @@ Loss = Literal["ce", "bce", "l1"]
 ScoreFn = Callable[[np.ndarray, np.ndarray], float]
 
 
-READOUTS = ("trunk", "face", "pose", "concat")
+# The readouts a probe can read: the ones the feature cache stores (pclbench.evaluate.extract) and
+# "concat" = [face, pose] (the two disentangled heads side by side)
+CONCAT = ("face", "pose")
+READOUTS = (*STORED_READOUTS, "concat")
 
 
 @dataclass
 class ProbeConfig:
     """Section ``probe``: settings shared by every task (docs/method.md §4, 6.1 item 1)."""
 
-    readouts: list[str]  # subset of READOUTS; every one is probed in the same job
-    n_seeds: int  # seeds = master seed + k, k = 0..n_seeds-1
-    protocol: Literal["clean", "paper"]
-    device: str  # auto | cpu | cuda | cuda:<index>
-    standardize: bool
-    refit: Literal["train_val", "train_only"]
-    val_fraction: float
-    num_threads: int  # torch CPU threads while a task runs; 0 = leave torch's setting
-
-    def check(self, where: str = "probe") -> "ProbeConfig":
-        from pclbench.core.config import ConfigError
-
-        if not self.readouts or any(r not in READOUTS for r in self.readouts):
-            raise ConfigError(f"{where}.readouts must be a non-empty list of {list(READOUTS)}, got {self.readouts}")
-        if len(set(self.readouts)) != len(self.readouts):
-            raise ConfigError(f"{where}.readouts has duplicates: {self.readouts}")
-        if self.n_seeds < 1:
-            raise ConfigError(f"{where}.n_seeds must be >= 1, got {self.n_seeds}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"{where}.val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.num_threads < 0:
-            raise ConfigError(f"{where}.num_threads must be >= 0, got {self.num_threads}")
-        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):
-            raise ConfigError(f"{where}.device must be auto, cpu, cuda or cuda:<index>, got {self.device!r}")
-        return self
+    readouts: list[str] = setting("Cached features probed, every one in the same job; trunk = the authors' choice; "
+                                  "concat = [face, pose].",
+                                  choices=READOUTS, minItems=1, uniqueItems=True)
+    n_seeds: int = setting("Seeds per readout (master seed + k, k < n_seeds); mean +- sample std over them.",
+                           minimum=1)
+    protocol: Literal["clean", "paper"] = setting(
+        "clean = selection on validation, test scored once; paper = the authors' best test epoch.")
+    device: str = setting("torch device of the probes: auto | cpu | cuda | cuda:<index>",
+                          pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
+    standardize: bool = setting("Standardise features with the fit set's statistics.")
+    refit: Literal["train_val", "train_only"] = setting(
+        "Retrain the selected setting on train+val, or keep the train-only model.")
+    val_fraction: float = setting("Share of the training data carved out as (subject-disjoint) validation.",
+                                  exclusiveMinimum=0, exclusiveMaximum=1)
+    num_threads: int = setting("torch CPU threads while a probe runs; 0 = torch's setting.", minimum=0)
 
     def describe(self) -> str:
         """One line for result files and table footnotes (``protocol_description``)."""
@@ -141,31 +137,30 @@ class TrainConfig:
     features; pose and AU: BatchNorm1d, whose evaluation-time map is a standardisation).
     """
 
-    optimizer: Literal["lbfgs", "adam", "adamw"]
-    lr_grid: list[float]
-    weight_decay_grid: list[float]
-    epochs: int
-    batch_size: int  # 0 = full batch
-    lr_schedule: Literal["cosine", "constant"]
-    lr_step: Literal["step", "epoch"]  # cosine updated every optimiser step, or once per epoch (torch scheduler)
-    eval_every: int
-    init: Literal["zeros", "normal", "torch_default"]  # start of the Linear layer (INITS)
-    shuffle: bool  # a new random sample order every epoch; false = the data order every epoch
-    decay_bias: bool  # weight decay on the bias too (the authors' AdamW over all parameters)
-    standardize: Optional[bool]  # null = probe.standardize; true / false overrides it for this task
+    optimizer: Literal["lbfgs", "adam", "adamw"] = setting("lbfgs needs batch_size 0 and lr_schedule constant.")
+    lr_grid: list[float] = setting("Learning rates tried, selected on validation.",
+                                   items={"type": "number", "exclusiveMinimum": 0}, minItems=1)
+    weight_decay_grid: list[float] = setting("Weight decays tried, selected on validation (bias not decayed).",
+                                             items={"type": "number", "minimum": 0}, minItems=1)
+    epochs: int = setting("Passes over the fit set.", minimum=1)
+    batch_size: int = setting("Samples per step; 0 = full batch.", minimum=0)
+    lr_schedule: Literal["cosine", "constant"] = setting("Learning-rate schedule over the epochs.")
+    lr_step: Literal["step", "epoch"] = setting(
+        "Cosine updated every optimiser step, or once per epoch (the authors' CosineAnnealingLR).")
+    eval_every: int = setting("Selection checkpoints every this many epochs (and the last). The authors 1.",
+                              minimum=1)
+    init: Literal["zeros", "normal", "torch_default"] = setting(
+        "Start of the Linear layer (INITS); normal = N(0, 0.01) weights, zero bias (the authors' FER); "
+        "torch_default = nn.Linear's init (their pose / AU heads).")
+    shuffle: bool = setting(
+        "New random sample order every epoch; false = data order (the authors' FER / AU loaders).")
+    decay_bias: bool = setting("Weight decay on the bias too (the authors' pose AdamW over all parameters).")
+    standardize: Optional[bool] = setting("null = probe.standardize; true / false overrides it for this task.")
 
     def check(self, where: str) -> "TrainConfig":
-        """Range checks the schema also states; raises ConfigError naming ``where``."""
-        from pclbench.core.config import ConfigError
-
-        if not self.lr_grid or any(v <= 0 for v in self.lr_grid):
-            raise ConfigError(f"{where}.lr_grid must be a non-empty list of positive numbers, got {self.lr_grid}")
-        if not self.weight_decay_grid or any(v < 0 for v in self.weight_decay_grid):
-            raise ConfigError(f"{where}.weight_decay_grid must be a non-empty list of numbers >= 0, got "
-                              f"{self.weight_decay_grid}")
-        for key, low in (("epochs", 1), ("batch_size", 0), ("eval_every", 1)):
-            if getattr(self, key) < low:
-                raise ConfigError(f"{where}.{key} must be >= {low}, got {getattr(self, key)}")
+        """The cross-field constraint a JSON schema does not state (types and ranges are the schema's,
+        checked at the boundary by :func:`pclbench.core.config.from_dict`): lbfgs needs full batches
+        and a constant learning rate. Raises ConfigError naming ``where``."""
         if self.optimizer == "lbfgs" and (self.batch_size != 0 or self.lr_schedule != "constant"):
             raise ConfigError(f"{where}: optimizer lbfgs is full-batch with a line search: it needs "
                               f"batch_size 0 and lr_schedule constant, got {self.batch_size} and "
@@ -174,15 +169,6 @@ class TrainConfig:
 
 
 LBFGS_MAX_EVAL = 25  # loss evaluations one L-BFGS iteration (its line search) may use
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda[:i]`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("probe.device is 'cuda' but torch sees no CUDA device")
-    return torch.device(device)
 
 
 def standardizer(x: torch.Tensor, standardize: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -436,7 +422,7 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, l
     paper = probe.protocol == "paper"
     if paper and (y_test is None or len(y_test) != len(x_test)):
         raise ValueError("the paper protocol selects on the test set: pass y_test (one label per test row)")
-    device = resolve_device(probe.device)
+    device = resolve_device(probe.device, "probe.device")
     rng = np.random.default_rng(seed)
     if paper:
         tr_idx, va_idx = np.arange(len(x_train)), np.arange(len(x_train))
@@ -505,8 +491,6 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, l
 # --------------------------------------------------------------------------------------------------
 # cached features (architecture.md stage 4) joined with the aligned manifest (stage 2)
 
-FEATURE_KEYS = ("trunk", "face", "pose")
-
 
 def load_split(features_dir: Path, aligned_dir: Path, split: str, readout: str) -> tuple[np.ndarray, pd.DataFrame]:
     """Features of one split and the manifest rows they belong to, in the same order.
@@ -516,13 +500,12 @@ def load_split(features_dir: Path, aligned_dir: Path, split: str, readout: str) 
     Returns (X (N, D) float32, manifest with one row per feature row).
     """
     npz_path = Path(features_dir) / f"{split}.npz"
-    man_path = Path(aligned_dir) / split / "manifest.csv"
+    shard_dir = Path(aligned_dir) / split
     if not npz_path.is_file():
         raise FileNotFoundError(f"cached features not found: {npz_path} (run the extract stage)")
-    if not man_path.is_file():
-        raise FileNotFoundError(f"aligned manifest not found: {man_path} (run the align stage)")
+    manifest = read_manifest(shard_dir)  # its column row, unique
     with np.load(npz_path) as z:
-        need = ("face", "pose") if readout == "concat" else (readout,)
+        need = CONCAT if readout == "concat" else (readout,)
         missing = [k for k in (*need, "row") if k not in z.files]
         if missing:
             raise KeyError(f"{npz_path}: missing key(s) {missing}; has {z.files}")
@@ -534,17 +517,13 @@ def load_split(features_dir: Path, aligned_dir: Path, split: str, readout: str) 
         if not np.all(np.isfinite(a)):
             raise ValueError(f"{npz_path}: {k} contains nan or inf")
     x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)  # (N, D)
-    manifest = pd.read_csv(man_path)
-    if "row" not in manifest.columns:
-        raise KeyError(f"{man_path}: no column 'row'")
-    if manifest["row"].duplicated().any():
-        raise ValueError(f"{man_path}: column row has duplicates")
     if len(np.unique(rows)) != len(rows):
         raise ValueError(f"{npz_path}: key row has duplicates")
     known = set(manifest["row"].tolist())
     unknown = [int(r) for r in rows if int(r) not in known]
     if unknown:
-        raise ValueError(f"{npz_path}: {len(unknown)} feature rows are not in {man_path}, e.g. {unknown[:5]}")
+        raise ValueError(f"{npz_path}: {len(unknown)} feature rows are not in {shard_dir / MANIFEST}, "
+                         f"e.g. {unknown[:5]}")
     aligned = manifest.set_index("row", drop=False).loc[rows].reset_index(drop=True)
     return x, aligned
 
@@ -553,23 +532,6 @@ def require_columns(manifest: pd.DataFrame, columns: Sequence[str], where: str) 
     missing = [c for c in columns if c not in manifest.columns]
     if missing:
         raise KeyError(f"{where}: missing column(s) {missing}; has {list(manifest.columns)}")
-
-
-def method_info(config: dict, method: str) -> Any:
-    """Provenance of the method variant: the method's own config section (``config[method]``, e.g.
-    ``pcl`` with its faithful/fixed options) or else its entry of a ``methods`` section (a mapping
-    keyed by name, or a list of entries with a ``name``); ``None`` when neither exists."""
-    own = config.get(method)
-    if isinstance(own, dict):
-        return own
-    methods = config.get("methods")
-    if isinstance(methods, dict):
-        return methods.get(method)
-    if isinstance(methods, list):
-        for m in methods:
-            if isinstance(m, dict) and m.get("name") == method:
-                return m
-    return None
 
 
 def percent(x: float) -> float | None:

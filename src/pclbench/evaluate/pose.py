@@ -23,20 +23,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from pclbench.evaluate import metrics
-from pclbench.core.config import from_dict
+from pclbench.core.config import from_dict, setting
 from pclbench.evaluate.linear import ProbeConfig, TrainConfig, fit_probe, require_columns
 
 # Output / metric order. The authors' logs print columns 0/1/2 as pitch/yaw/roll while FSA-Net's npz
 # order is [yaw, pitch, roll] (docs/method.md §4.2, 6.1 item 5); here the columns are read by NAME.
 ANGLES = ("yaw", "pitch", "roll")
 
+# The task's headline number (the probe-result contract's ``primary_metric``; the tables' primary column)
+PRIMARY_METRIC = "mae_mean_deg"
+HIGHER_IS_BETTER = False  # an error in degrees
+
 
 @dataclass
 class PoseConfig:
     """Section ``tasks.pose`` (protocol only; the datasets live in the benchmark)."""
 
-    standardize_targets: bool
-    train: TrainConfig
+    standardize_targets: bool = setting(
+        "Standardise the three targets with the fit set's statistics while training (predictions stay in degrees).")
+    train: TrainConfig = setting("Optimisation and selection grid of the linear probe.")
 
 
 def _angles(manifest, where: str) -> np.ndarray:

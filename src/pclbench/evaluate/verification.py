@@ -41,21 +41,28 @@ import torch
 import torch.nn.functional as F
 
 from pclbench.evaluate import metrics
-from pclbench.core.config import ConfigError, from_dict
-from pclbench.evaluate.linear import ProbeConfig, TrainConfig, optimise_linear, require_columns, resolve_device
+from pclbench.core.config import from_dict, setting
+from pclbench.core.device import resolve_device
+from pclbench.evaluate.linear import ProbeConfig, TrainConfig, optimise_linear, require_columns
 
 log = logging.getLogger(__name__)
+
+# The task's headline number (the probe-result contract's ``primary_metric``; the tables' primary column)
+PRIMARY_METRIC = "accuracy_pct"
+HIGHER_IS_BETTER = True
 
 
 @dataclass
 class VerificationConfig:
     """Section ``tasks.verification`` (protocol only; the dataset and split live in the benchmark)."""
 
-    pairs_file: str
-    n_folds: int
-    mode: Literal["cosine", "linear"]
-    margin: float  # linear mode: cosine-embedding margin for different pairs
-    train: TrainConfig  # linear mode: optimiser and selection grid
+    pairs_file: str = setting("Pair list in the raw dataset folder (fold,path_a,path_b,same).")
+    n_folds: int = setting("Folds of the protocol (threshold of each fold chosen on the other folds).", minimum=2)
+    mode: Literal["cosine", "linear"] = setting(
+        "cosine = training-free; linear = Siamese linear map trained on the other folds' pairs.")
+    margin: float = setting("Cosine-embedding margin for different pairs (linear mode).",
+                            minimum=-1, exclusiveMaximum=1)
+    train: TrainConfig = setting("Linear mode: optimiser and selection grid.")
 
 
 def training_free(config: dict) -> bool:
@@ -120,8 +127,6 @@ def _pairs_and_features(bench, roots, cfg: VerificationConfig, readout: str):
 def run(bench, roots, config: dict, probe: ProbeConfig, seed: int, readout: str) -> dict:
     """Score all pairs with the fold protocol (cosine or linear mode); returns the run dict."""
     cfg = from_dict(VerificationConfig, config["tasks"]["verification"], "tasks.verification")
-    if cfg.n_folds < 2:
-        raise ConfigError(f"tasks.verification.n_folds must be >= 2, got {cfg.n_folds}")
     cfg.train.check("tasks.verification.train")
     x, ia, ib, same, folds, n_total, n_dropped = _pairs_and_features(bench, roots, cfg, readout)
     if cfg.mode == "cosine":
@@ -190,7 +195,7 @@ def train_siamese(xa: torch.Tensor, xb: torch.Tensor, same: torch.Tensor, *, lr:
 def _linear_fold(x: np.ndarray, ia: np.ndarray, ib: np.ndarray, same: np.ndarray, folds: np.ndarray, k,
                  cfg: VerificationConfig, probe: ProbeConfig, seed: int) -> tuple[float, float, dict]:
     """Test fold ``k`` of the linear mode -> (accuracy, threshold, selected setting)."""
-    device = resolve_device(probe.device)
+    device = resolve_device(probe.device, "probe.device")
     fold_ids = np.unique(folds)
     train_folds = fold_ids[fold_ids != k]
     paper = probe.protocol == "paper"

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from pclbench.core.config import ConfigError, from_dict
+from pclbench.core.config import from_dict, setting
 from pclbench.models.encoders import (ENCODERS, FaceCycleEncoder, ResidualBlock, ResNet18Encoder, ResNet50Encoder,
                        ResNetEncoder, SelfAttention)
 from pclbench.models.heads import Decoder, ProjectionMLP
@@ -19,41 +19,28 @@ from pclbench.models.heads import Decoder, ProjectionMLP
 class ProjectionConfig:
     """exp_fc / pose_fc sizes (1.4): Linear(D, hidden_dim) ReLU Linear(hidden_dim, out_dim) BN."""
 
-    hidden_dim: int
-    out_dim: int
+    hidden_dim: int = setting("Hidden width. Paper 2048.", minimum=1)
+    out_dim: int = setting("InfoNCE embedding size. Paper 512.", minimum=1)
 
 
 @dataclass
 class DecoderConfig:
     """Generator sizes (1.5): Linear(D, fc_dim), stages 1..5 with ``channels``, stage 6 -> 3."""
 
-    fc_dim: int
-    channels: list[int]
+    fc_dim: int = setting("fc output = channels at 1x1. Paper 512.", minimum=1)
+    channels: list[int] = setting("Output channels of up-stages 1..5. Paper [256, 256, 256, 256, 128].",
+                                  items={"minimum": 1}, minItems=Decoder.n_stages - 1, maxItems=Decoder.n_stages - 1)
 
 
 @dataclass
 class ModelConfig:
-    """Section ``model``: which encoder and how wide, plus the projection and decoder sizes."""
+    """PCL networks (docs/method.md section 1): which encoder and how wide, plus the projection and decoder sizes."""
 
-    encoder: str
-    width: int
-    projection: ProjectionConfig
-    decoder: DecoderConfig
-
-    def __post_init__(self) -> None:
-        if self.encoder not in ENCODERS:
-            raise ConfigError(f"model.encoder: unknown encoder {self.encoder!r}; known: "
-                              f"{', '.join(ENCODERS.names())}")
-        checks = [("model.width", self.width), ("model.projection.hidden_dim", self.projection.hidden_dim),
-                  ("model.projection.out_dim", self.projection.out_dim),
-                  ("model.decoder.fc_dim", self.decoder.fc_dim)]
-        checks += [(f"model.decoder.channels[{i}]", c) for i, c in enumerate(self.decoder.channels)]
-        for key, v in checks:
-            if v < 1:
-                raise ConfigError(f"{key}: must be >= 1, got {v!r}")
-        if len(self.decoder.channels) != Decoder.n_stages - 1:
-            raise ConfigError(f"model.decoder.channels: expected {Decoder.n_stages - 1} values "
-                              f"(stages 1..5), got {self.decoder.channels!r}")
+    encoder: str = setting("Registered encoder name (pclbench.models.ENCODERS).", choices=ENCODERS)
+    width: int = setting("Channels of conv1/layer1; heads and trunk output have 2*width. Paper 64.", minimum=1)
+    projection: ProjectionConfig = setting("exp_fc / pose_fc MLP sizes (docs/method.md section 1.4).")
+    decoder: DecoderConfig = setting("Reconstruction decoder sizes (docs/method.md section 1.5); output always "
+                                     "3 x 64 x 64.")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> "ModelConfig":

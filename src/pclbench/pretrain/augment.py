@@ -25,28 +25,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pclbench.core.config import ConfigError, from_dict
+from pclbench.core.config import ConfigError, from_dict, setting
 from pclbench.pretrain.views import ViewConfig, _float32, check_images, photometric
 
 
 @dataclass
 class AugmentConfig:
-    """Section ``augment``: the baselines' crop + flip; photometric settings come from ``views``."""
+    """Two-view augmentation of the baselines: crop + flip; photometric settings come from `views`."""
 
-    scale: list[float]  # [low, high] crop area / image area [0.2, 1.0] (MoCo v2; SimCLR 0.08)
-    ratio: list[float]  # [low, high] crop aspect ratio w / h [3/4, 4/3]
-    flip_p: float  # probability of a horizontal flip [0.5]
-    sobel_p: float  # replaces views.sobel_p for the baselines [0.0: no Sobel view]
+    scale: list[float] = setting("[low, high] crop area / image area, low <= high. MoCo v2 [0.2, 1.0] "
+                                 "(SimCLR 0.08).", items={"exclusiveMinimum": 0, "maximum": 1}, minItems=2, maxItems=2)
+    ratio: list[float] = setting("[low, high] crop aspect ratio w / h, low <= high. Standard [0.75, 1.3333].",
+                                 items={"exclusiveMinimum": 0}, minItems=2, maxItems=2)
+    flip_p: float = setting("Horizontal flip probability. Standard 0.5.", minimum=0, maximum=1)
+    sobel_p: float = setting("Replaces views.sobel_p for the baselines (0 = no Sobel view).", minimum=0, maximum=1)
 
     def __post_init__(self) -> None:
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
+        """The checks the schema cannot say (between two values): low <= high of scale and ratio."""
+        if not self.scale[0] <= self.scale[1]:
             raise ConfigError(f"augment.scale: must be [low, high] with 0 < low <= high <= 1, got {self.scale!r}")
-        if len(self.ratio) != 2 or not 0 < self.ratio[0] <= self.ratio[1]:
+        if not self.ratio[0] <= self.ratio[1]:
             raise ConfigError(f"augment.ratio: must be [low, high] with 0 < low <= high, got {self.ratio!r}")
-        for key in ("flip_p", "sobel_p"):
-            v = getattr(self, key)
-            if not 0 <= v <= 1:
-                raise ConfigError(f"augment.{key}: a probability must be in [0, 1], got {v!r}")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> "AugmentConfig":

@@ -22,12 +22,13 @@ Keys (format ``pclbench-checkpoint/1``)::
     config          the config sections the run used (plain dict)
 
 Writes go to a temporary file in the same folder and are renamed over the target
-(:func:`os.replace`), so a crash never leaves a half-written checkpoint.
+(:func:`pclbench.core.io.atomic_file`), so a crash never leaves a half-written checkpoint.
 
 The authors' DataParallel checkpoints (``{'epoch', 'state_dict': {'module.encoder.*', ...}}``,
 docs/method.md §1.8, 2.9) are not a pclbench format: :func:`load_checkpoint` rejects them with a ValueError
 that says so, :func:`load_encoder` reads their encoder (via :mod:`pclbench.pretrain.official`), and
-``pclbench import-official`` converts them into this format (key ``imported_from`` added).
+``pclbench import-official`` (:mod:`pclbench.pretrain.import_official`) converts them into this
+format (key ``imported_from`` added).
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pclbench.core.io import fsync_dir
+from pclbench.core.io import atomic_file
+from pclbench.pretrain.official import encoder_from_authors, is_authors_checkpoint, split_authors_state
 
 FORMAT = "pclbench-checkpoint/1"
 REQUIRED_KEYS = ("format", "method", "encoder", "encoder_state", "model", "optimizer", "scheduler",
@@ -104,13 +106,9 @@ class DiskFullError(OSError):
     """Writing a checkpoint failed with ENOSPC; the message says so and names the file and folder."""
 
 
-# Name of the temporary file :func:`save_checkpoint` (and train.py's small text writers) write next to
-# the target: ``.<name>.<pid>.tmp``. A trainer holding its output folder's lock removes stale ones.
-TMP_NAME = re.compile(r"^\..+\.[0-9]+\.tmp$")
-
-
 def save_checkpoint(path: Path | str, state: Mapping[str, Any], previous: Path | str | None = None) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync, then rename).
+    """Write ``state`` to ``path`` atomically (:func:`pclbench.core.io.atomic_file`: a temporary file in
+    the same folder, fsync, then rename).
 
     If writing fails, the temporary file is removed and the previous ``path`` (if any) is untouched.
     ``previous``: where the file ``path`` held so far is kept (renamed there, after the new one is on
@@ -123,27 +121,20 @@ def save_checkpoint(path: Path | str, state: Mapping[str, Any], previous: Path |
         raise ValueError(f"save_checkpoint({path}): state lacks key(s) {', '.join(missing)}")
     if state["format"] != FORMAT:
         raise ValueError(f"save_checkpoint({path}): format must be {FORMAT!r}, got {state['format']!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before any rename makes it the current file
-        if previous is not None and path.is_file():
-            os.replace(path, previous)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:  # removes its temporary on any error
+            with open(tmp, "wb") as f:
+                torch.save(dict(state), f)
+                f.flush()
+                os.fsync(f.fileno())  # the data is on disk before any rename makes it the current file
+            if previous is not None and path.is_file():
+                os.replace(path, previous)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:
             raise DiskFullError(errno.ENOSPC, f"disk full: writing {path} failed, no space left on the file "
                                 f"system of {path.parent} (the partial file was removed; {path} is "
                                 "unchanged); free space there and rerun") from e
         raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
     return path
 
 
@@ -166,7 +157,7 @@ def _check_state(path: Path, state: Any) -> dict:
         hint = ""
         if "state_dict" in state:
             hint = (" It looks like a checkpoint of the authors' code ({'epoch', 'state_dict'}); "
-                    "convert it with `pclbench import-official SRC DST` (pclbench.pretrain.official), "
+                    "convert it with `pclbench import-official SRC DST` (pclbench.pretrain.import_official), "
                     "or read its encoder directly with load_encoder.")
         raise CheckpointError(f"{path} is not a pclbench checkpoint: format is {fmt!r}, expected {FORMAT!r} "
                          f"(top-level keys: {keys}).{hint}")
@@ -191,7 +182,6 @@ def load_encoder(path: Path | str, map_location: Any = "cpu") -> nn.Module:
     ``facecycle`` encoder of the width conv1 implies; any unmatched key raises a ValueError naming it.
     """
     from pclbench.models import build_encoder
-    from pclbench.pretrain.official import encoder_from_authors, is_authors_checkpoint, split_authors_state
 
     path = Path(path)
     obj = _torch_load(path, map_location)

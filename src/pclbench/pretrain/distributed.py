@@ -1,9 +1,22 @@
 """pclbench distributed data parallelism: process group set-up and gradient-carrying all-gather.
 
 Pretraining runs one process per device under ``torchrun`` or
-Slurm's ``srun``. Every rank reads its own shard of each epoch's video order (see
-:mod:`pclbench.pretrain.trainer`), computes its local loss, and the trainer all-reduces (averages) the
-gradients before every optimiser step, as DistributedDataParallel does.
+Slurm's ``srun``. Every rank reads its own shard of each epoch's video order (:func:`shard_batches`),
+computes its local loss, and the trainer (:mod:`pclbench.pretrain.trainer`) all-reduces (averages)
+the gradients before every optimiser step (:func:`sync_gradients`), as DistributedDataParallel does.
+
+In the trainer: every rank builds the same networks from the shared seed, draws the same per-epoch
+frame order from the shared sampler seed and takes its contiguous slice of each stream's global
+batch (``batch_size`` and the method's stream sizes are GLOBAL and must divide by the world size).
+Gradients are averaged over ranks right before every optimiser step (an optimiser step pre-hook:
+PCL makes three steps per iteration on different submodules, and averaging the gradients that
+exist is exact where DistributedDataParallel's one-backward-per-step bookkeeping is not). Logged
+values are averaged over ranks each iteration, so the metrics and the DWA weights are global and
+equal on every rank. Each rank's views generator is seeded ``seed + 2 + 7919 * rank`` (rank 0 = the
+single-process seed). BatchNorm layers become SyncBatchNorm on CUDA (global batch statistics, as one
+process); torch's SyncBatchNorm does not run on CPU, so gloo/CPU runs keep per-rank statistics. Only
+rank 0 writes files; rank 0 alone decides whether the run starts and broadcasts its decision
+(:func:`broadcast_object`).
 
 Contrastive losses need negatives from the whole global batch (docs/method.md §2.5: the face
 InfoNCE contrasts every clip with every other clip of the batch), so the per-rank embeddings
@@ -113,6 +126,44 @@ def local_rank() -> int:
     return 0 if value is None else value
 
 
+def backend_for(device: str, dist_backend: str) -> str:
+    """The process-group backend of ``pretrain.dist_backend`` (``auto``: nccl when the run uses CUDA,
+    i.e. ``pretrain.device`` is ``cuda``, or ``auto`` with a GPU; gloo otherwise)."""
+    if dist_backend != "auto":
+        return dist_backend
+    wants_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return "nccl" if wants_cuda else "gloo"
+
+
+def shard_batches(index: Tensor, rank: int, world: int) -> Tensor:
+    """This rank's contiguous slice of every global batch: ``(n_iter, B) -> (n_iter, B / world)``.
+
+    Every rank draws the same ``index`` (shared sampler seed), so the union over ranks of one
+    iteration's slices is exactly the single-process batch, in rank order.
+    """
+    n_iter, b = index.shape
+    if b % world:
+        raise ValueError(f"a global batch of {b} images does not split over {world} ranks; "
+                         "pretrain.batch_size (and the method's other stream sizes, e.g. pcl.pose_batch) "
+                         "must be multiples of the world size")
+    per = b // world
+    return index[:, rank * per:(rank + 1) * per]
+
+
+def sync_gradients(optimizer: torch.optim.Optimizer):
+    """Average the gradients that exist over ranks right before every ``optimizer.step()``.
+
+    DDP's averaging done by hand: PCL makes three optimiser steps per iteration on different
+    submodules (docs/method.md §2.7), so each step averages exactly the gradients its backward produced
+    (``.grad`` None is skipped: the same parameters on every rank, which run the same code).
+    Returns the hook handle.
+    """
+    def hook(opt, args, kwargs):
+        all_reduce_mean_grads_([p for g in opt.param_groups for p in g["params"]])
+
+    return optimizer.register_step_pre_hook(hook)
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """Concatenate the per-rank tensors along dim 0; backward returns ``W *`` the local slice."""
 
@@ -188,7 +239,9 @@ def all_gather_object(obj) -> list:
 
 
 def broadcast_object(obj):
-    """Rank 0's ``obj`` on every rank (identity alone)."""
+    """Rank 0's ``obj`` on every rank (identity alone): the trainer's start decision (go, or rank 0's exit
+    status when the output folder is locked or the Slurm time limit is near,
+    :func:`pclbench.pretrain.run_folder.guard_out_dir`)."""
     if not is_distributed():
         return obj
     box = [obj]

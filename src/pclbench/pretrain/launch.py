@@ -44,7 +44,7 @@ The step's options, because the jobstep removed what srun would otherwise inheri
 CPU per task), ``--mem=0`` (srun(1) ``--mem``: zero gives the step all the job's memory on each
 node). No ``--gpus-per-task``: every task sees all GPUs of its node (srun(1) ``--gres``: "By default,
 a job step is allocated all of the generic resources that have been requested by the job"), and
-the trainer takes ``cuda:<SLURM_LOCALID>`` (train.py), which would not exist if each task saw only
+the trainer takes ``cuda:<SLURM_LOCALID>`` (:mod:`pclbench.pretrain.trainer`), which would not exist if each task saw only
 its one bound GPU.
 
 The process choice is :func:`launch_command`; tests/test_launch.py covers it with a fake

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pclbench.core.config import ConfigError, from_dict
+from pclbench.core.config import ConfigError, from_dict, setting
 
 # ITU-R 601-2 luma, as PIL's convert("L") and torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)
@@ -36,42 +36,32 @@ _SOBEL_GRAY = (65.738 / 256.0, 129.057 / 256.0, 25.064 / 256.0)
 
 @dataclass
 class ViewConfig:
-    """Section ``views`` (docs/method.md §3.2-3.4). Paper values in brackets."""
+    """On-device PCL augmentations (docs/method.md section 3.2-3.4). Paper values in the descriptions."""
 
-    crop_ratio: float  # DistanceCrop patch side / image side [0.4]
-    jitter_p: float  # probability of ColorJitter [0.8]
-    brightness: float  # factor ~ U[max(0, 1 - b), 1 + b] [0.8]
-    contrast: float  # [0.8]
-    saturation: float  # [0.8]
-    hue: float  # shift ~ U[-h, h], in turns of the colour wheel, h <= 0.5 [0.2]
-    grayscale_p: float  # [0.2]
-    blur_p: float  # [0.8]
-    blur_kernel_fraction: float  # kernel_size = int(fraction * S), radius = kernel_size // 2 [0.1];
+    crop_ratio: float = setting("DistanceCrop patch side / image side, at most 0.5 so a patch fits in a quadrant. "
+                                "Paper 0.4.", exclusiveMinimum=0, maximum=0.5)
+    jitter_p: float = setting("P(ColorJitter). Paper 0.8.", minimum=0, maximum=1)
+    brightness: float = setting("Brightness jitter strength b: factor ~ U[max(0, 1 - b), 1 + b]. Paper 0.8.",
+                                minimum=0)
+    contrast: float = setting("Contrast jitter strength. Paper 0.8.", minimum=0)
+    saturation: float = setting("Saturation jitter strength. Paper 0.8.", minimum=0)
+    hue: float = setting("Max hue shift h: shift ~ U[-h, h], in turns of the colour wheel. Paper 0.2.",
+                         minimum=0, maximum=0.5)
+    grayscale_p: float = setting("P(greyscale). Paper 0.2.", minimum=0, maximum=1)
+    blur_p: float = setting("P(Gaussian blur). Paper 0.8.", minimum=0, maximum=1)
     # radius 0 (no blur) when fraction * S < 2, e.g. views under 20 px at 0.1
-    blur_sigma: list[float]  # [low, high] of sigma ~ U [0.1, 2.0]
-    sobel_p: float  # [0.6]
-    sobel_overflow: Literal["faithful", "fixed"]  # bug 18: wrap like uint8 (faithful) or clamp (fixed)
+    blur_kernel_fraction: float = setting("kernel_size = int(fraction * side), radius = kernel_size // 2. "
+                                          "Paper 0.1.", minimum=0, exclusiveMaximum=1)
+    blur_sigma: list[float] = setting("[low, high] of the uniform blur sigma, low <= high. Paper [0.1, 2.0].",
+                                      items={"exclusiveMinimum": 0}, minItems=2, maxItems=2)
+    sobel_p: float = setting("P(Sobel edge map). Paper 0.6.", minimum=0, maximum=1)
+    sobel_overflow: Literal["faithful", "fixed"] = setting(
+        "Sobel magnitude > 1 (bug 18): faithful = uint8 wrap, fixed = clamp.")
 
     def __post_init__(self) -> None:
-        if not 0 < self.crop_ratio <= 0.5:
-            raise ConfigError(f"views.crop_ratio: must be in (0, 0.5] so a patch fits in a quadrant, "
-                              f"got {self.crop_ratio!r}")
-        for key in ("jitter_p", "grayscale_p", "blur_p", "sobel_p"):
-            v = getattr(self, key)
-            if not 0 <= v <= 1:
-                raise ConfigError(f"views.{key}: a probability must be in [0, 1], got {v!r}")
-        for key in ("brightness", "contrast", "saturation"):
-            v = getattr(self, key)
-            if v < 0:
-                raise ConfigError(f"views.{key}: must be >= 0, got {v!r}")
-        if not 0 <= self.hue <= 0.5:
-            raise ConfigError(f"views.hue: must be in [0, 0.5], got {self.hue!r}")
-        if not 0 <= self.blur_kernel_fraction < 1:
-            raise ConfigError(f"views.blur_kernel_fraction: must be in [0, 1), got {self.blur_kernel_fraction!r}")
-        if len(self.blur_sigma) != 2 or not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+        """The check the schema cannot say (between two values): blur_sigma low <= high."""
+        if not self.blur_sigma[0] <= self.blur_sigma[1]:
             raise ConfigError(f"views.blur_sigma: must be [low, high] with 0 < low <= high, got {self.blur_sigma!r}")
-        if self.sobel_overflow not in ("faithful", "fixed"):
-            raise ConfigError(f"views.sobel_overflow: must be 'faithful' or 'fixed', got {self.sobel_overflow!r}")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> "ViewConfig":

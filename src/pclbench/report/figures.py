@@ -14,11 +14,11 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 
-from pclbench.core.config import ConfigError
+from pclbench.core.config import setting
 from pclbench.core.io import atomic_file
 
 if TYPE_CHECKING:  # the report figures run without importing torch
@@ -74,37 +74,28 @@ EXACT_TSNE_MAX = 300  # t-SNE with exact gradients up to this many points, Barne
 class EmbeddingConfig:
     """Section ``figures.embedding``: the t-SNE map of face-aware vs pose features."""
 
-    dataset: str  # aligned dataset whose manifest has both colour columns (features of its split)
-    split: str  # split of that dataset
-    methods: list[str]  # methods drawn (one figure each); names not in workflow.methods are skipped
-    readouts: list[str]  # feature readouts, one row of panels each (face = F_f, pose = F_p)
-    color_by: list[str]  # manifest columns, one column of panels each (yaw: continuous; expression: classes)
-    perplexity: float  # t-SNE perplexity (clipped below the number of points)
-    max_points: int  # at most this many samples (a seeded random subset)
-    seed: int  # subset and t-SNE seed
-
-    def __post_init__(self) -> None:
-        if self.max_points < 5:
-            raise ConfigError(f"figures.embedding.max_points: must be >= 5, got {self.max_points!r}")
-        if not self.perplexity > 0:
-            raise ConfigError(f"figures.embedding.perplexity: must be > 0, got {self.perplexity!r}")
+    dataset: str = setting("Aligned dataset whose manifest has both colour columns (features of its split).")
+    split: str = setting("Split of that dataset.")
+    methods: list[str] = setting("Methods drawn (one figure each); names not in workflow.methods are skipped.")
+    readouts: list[Literal["trunk", "face", "pose"]] = setting(
+        "Feature readouts, one row of panels each (face = F_f, pose = F_p).", minItems=1)
+    color_by: list[str] = setting("Manifest columns, one column of panels each (yaw: continuous; expression: "
+                                  "classes).", minItems=1)
+    perplexity: float = setting("t-SNE perplexity (clipped below the number of points).", exclusiveMinimum=0)
+    max_points: int = setting("At most this many samples (a seeded random subset).", minimum=5)
+    seed: int = setting("Subset and t-SNE seed.", minimum=0)
 
 
 @dataclass
 class FiguresConfig:
-    """Section ``figures`` of config/config.yaml."""
+    """Stage 6 report figures."""
 
-    dpi: int  # PNG resolution
-    curve_prefixes: list[str]  # metrics.csv columns starting with one of these get a training-curve panel
-    smooth: int  # moving-average window of the training curves (1 = raw values only)
-    swap_grid_methods: list[str]  # methods whose latest swap_grid_epoch<k>.png is collected
-    embedding: EmbeddingConfig
-
-    def __post_init__(self) -> None:
-        if not 20 <= self.dpi <= 600:
-            raise ConfigError(f"figures.dpi: must be in 20..600, got {self.dpi!r}")
-        if self.smooth < 1:
-            raise ConfigError(f"figures.smooth: must be >= 1, got {self.smooth!r}")
+    dpi: int = setting("PNG resolution.", minimum=20, maximum=600)
+    curve_prefixes: list[str] = setting("metrics.csv columns starting with one of these get a training-curve panel.",
+                                        minItems=1, items={"minLength": 1})
+    smooth: int = setting("Moving-average window of the training curves (1 = raw values only).", minimum=1)
+    swap_grid_methods: list[str] = setting("Methods whose latest swap_grid_epoch<k>.png is collected.")
+    embedding: EmbeddingConfig = setting("The t-SNE map of face-aware vs pose features.")
 
 
 def _plt():
@@ -141,7 +132,7 @@ def bar_chart(comp, task: str, path: Path | str, dpi: int = 100) -> Path:
 
     ``comp`` is a :class:`pclbench.report.tables.Comparison`; a benchmark that did not run is labelled so.
     """
-    from pclbench.report.tables import metric_label, probe_stat
+    from pclbench.report.results import metric_label, probe_stat
 
     plt = _plt()
     benches = [b for b in comp.benchmarks if comp.task_of[b] == task]

@@ -75,8 +75,9 @@ from typing import Iterator, Mapping, NamedTuple
 import numpy as np
 
 from pclbench.core.io import atomic_dir
-from pclbench.data.parsers import PARSERS
-from pclbench.data.parsers.stage1 import (EXPRESSIONS_8, Progress, SourceFormatError, SourceLayoutError, check_splits, find_first,
+from pclbench.data.parsers.registry import PARSERS
+from pclbench.core.progress import Progress
+from pclbench.data.parsers.stage1 import (EXPRESSIONS_8, SourceFormatError, SourceLayoutError, check_splits, find_first,
                      inside, is_regular_file, log, make_row, place_image, safe_relpath, save_pts, write_manifest,
                      write_meta, read_text, csv_records)
 
@@ -286,7 +287,7 @@ def prepare(entry: Mapping, source: Path, out: Path) -> dict:
     rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
     with atomic_dir(out) as tmp:
         for split in SPLITS:
-            progress = Progress(len(items[split]), f"prepare affectnet/{split}")
+            progress = Progress(f"prepare affectnet/{split}", len(items[split]), unit="img", logger=log)
             for it in items[split]:
                 progress.update()
                 prev = first.get(it.key)

@@ -42,8 +42,9 @@ from pathlib import Path
 from typing import Mapping
 
 from pclbench.core.io import atomic_dir
-from pclbench.data.parsers import PARSERS
-from pclbench.data.parsers.stage1 import (Progress, SourceFormatError, SourceLayoutError, au_column, check_splits, find_first, inside,
+from pclbench.data.parsers.registry import PARSERS
+from pclbench.core.progress import Progress
+from pclbench.data.parsers.stage1 import (SourceFormatError, SourceLayoutError, au_column, check_splits, find_first, inside,
                      is_regular_file, log, make_row, place_image, write_manifest, write_meta, read_text, csv_records)
 
 LAYOUT = """  <source>/AUCoding/AU_OCC/F001_T1.csv   (or <source>/AUCoding/F001_T1.csv): header row of AU numbers,
@@ -146,7 +147,7 @@ def prepare(entry: Mapping, source: Path, out: Path) -> dict:
     rows: list[dict] = []
     dropped = {"au_not_coded_9": 0, "frame_without_image": 0, "not_regular_file": 0}
     with atomic_dir(out) as tmp:
-        progress = Progress(len(csvs), "prepare bp4d", unit="sequence")
+        progress = Progress("prepare bp4d", len(csvs), unit="sequence", logger=log)
         for path in csvs:
             subject, task = _NAME.fullmatch(path.stem).groups()
             inside(label_dir, path.name, where=str(path))  # no symlink out of the release

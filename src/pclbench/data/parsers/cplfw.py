@@ -42,7 +42,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from pclbench.data.parsers import PARSERS
+from pclbench.data.parsers.registry import PARSERS
 from pclbench.data.parsers.stage1 import SourceFormatError, check_splits, find_first, write_pairs_dataset, read_text
 
 LAYOUT = """  <source>/images/<Person_Name>_<k>.jpg        (or <source>/cplfw/images/..., or "aligned images/")

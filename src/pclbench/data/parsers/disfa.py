@@ -59,8 +59,9 @@ import numpy as np
 from PIL import Image
 
 from pclbench.core.io import atomic_dir
-from pclbench.data.parsers import PARSERS
-from pclbench.data.parsers.stage1 import (Progress, SourceFormatError, SourceLayoutError, au_column, check_splits, find_first, inside,
+from pclbench.data.parsers.registry import PARSERS
+from pclbench.core.progress import Progress
+from pclbench.data.parsers.stage1 import (SourceFormatError, SourceLayoutError, au_column, check_splits, find_first, inside,
                      is_regular_file, log, make_row, place_image, write_manifest, write_meta, read_text)
 
 LAYOUT = """  <source>/ActionUnit_Labels/SN001/SN001_au1.txt ... _au26.txt   lines "<frame>,<intensity>"
@@ -246,7 +247,7 @@ def prepare(entry: Mapping, source: Path, out: Path) -> dict:
             dropped["frame_not_in_all_label_files"] += partial
             fold = FOLD_OF[subject]
             (tmp / "images" / subject).mkdir(parents=True)
-            progress = Progress(len(labels), f"prepare disfa/{subject}")
+            progress = Progress(f"prepare disfa/{subject}", len(labels), unit="img", logger=log)
             written = set()
             sub_frames = frames_root / subject
             if subject in frame_sets:

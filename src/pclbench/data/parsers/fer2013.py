@@ -29,8 +29,9 @@ import numpy as np
 from PIL import Image
 
 from pclbench.core.io import atomic_dir
-from pclbench.data.parsers import PARSERS
-from pclbench.data.parsers.stage1 import (RAF_EXPRESSIONS, Progress, SourceFormatError, check_splits, find_first, log, make_row,
+from pclbench.data.parsers.registry import PARSERS
+from pclbench.core.progress import Progress
+from pclbench.data.parsers.stage1 import (RAF_EXPRESSIONS, SourceFormatError, check_splits, find_first, log, make_row,
                      write_manifest, write_meta, read_text, csv_records)
 
 LAYOUT = """  <source>/fer2013.csv   (or <source>/fer2013/fer2013.csv, or Kaggle's icml_face_data.csv)
@@ -84,7 +85,8 @@ def prepare(entry: Mapping, source: Path, out: Path) -> dict:
     with atomic_dir(out) as tmp:
         for s in SPLITS:
             (tmp / "images" / s).mkdir(parents=True)
-        progress = Progress(35887, "prepare fer2013")  # the release's row count; only drives the log cadence
+        # the release's row count; only drives the log cadence
+        progress = Progress("prepare fer2013", 35887, unit="img", logger=log)
         for k, label, split, img in _rows(path):
             rel = f"images/{split}/{k:05d}.png"
             Image.fromarray(img).save(tmp / rel)  # (48, 48) uint8 -> 8-bit greyscale PNG

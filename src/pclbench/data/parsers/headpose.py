@@ -103,8 +103,9 @@ import numpy as np
 from pclbench.core.io import atomic_dir
 from pclbench.align.landmarks import LEFT_EYE, NOSE_TIP, RIGHT_EYE
 from pclbench.data.synth_render import IBUG68_FLIP_PERMUTATION
-from pclbench.data.parsers import PARSERS
-from pclbench.data.parsers.stage1 import (POSE_CONVENTION, Progress, SourceFormatError, SourceLayoutError, check_splits,
+from pclbench.data.parsers.registry import PARSERS
+from pclbench.core.progress import Progress
+from pclbench.data.parsers.stage1 import (POSE_CONVENTION, SourceFormatError, SourceLayoutError, check_splits,
                      inside, is_regular_file, log, make_row, place_image, save_pts, write_manifest, write_meta)
 
 LAYOUT_300WLP = """  <source>/300W_LP/{AFW,HELEN,IBUG,LFPW}[_Flip]/<name>.jpg + <name>.mat (Pose_Para 1x7)
@@ -386,7 +387,7 @@ def _prepare(dataset: str, split: str, entry: Mapping, source: Path, out: Path, 
     examples: dict[str, list[str]] = {}
     origins: dict[str, int] = {}
     with atomic_dir(out) as tmp:
-        progress = Progress(len(samples), f"prepare {dataset}")
+        progress = Progress(f"prepare {dataset}", len(samples), unit="img", logger=log)
         for smp in samples:
             progress.update()
             mat = smp.jpg.with_suffix(".mat")

@@ -35,7 +35,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from pclbench.data.parsers import PARSERS
+from pclbench.data.parsers.registry import PARSERS
 from pclbench.data.parsers.stage1 import SourceFormatError, UnsafePathError, check_splits, find_first, write_pairs_dataset, read_text
 
 LAYOUT = """  <source>/lfw/<Person_Name>/<Person_Name>_0001.jpg   (lfw.tgz unpacked)

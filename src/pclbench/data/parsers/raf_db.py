@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Mapping
 
 from pclbench.core.io import atomic_dir
-from pclbench.data.parsers import PARSERS
-from pclbench.data.parsers.stage1 import (RAF_EXPRESSIONS, Progress, SourceFormatError, SourceLayoutError, check_splits, find_first,
+from pclbench.data.parsers.registry import PARSERS
+from pclbench.core.progress import Progress
+from pclbench.data.parsers.stage1 import (RAF_EXPRESSIONS, SourceFormatError, SourceLayoutError, check_splits, find_first,
                      inside, is_regular_file, log, make_row, place_image, read_text, safe_relpath, write_manifest,
                      write_meta)
 
@@ -93,7 +94,7 @@ def prepare(entry: Mapping, source: Path, out: Path) -> dict:
             fname = (f"{head}/" if head else "") + f"{Path(base).stem}_aligned.jpg"
         sources.append((inside(folder, fname, where=where), fname, split, label, where))
     with atomic_dir(out) as tmp:
-        progress = Progress(len(items), "prepare raf_db")
+        progress = Progress("prepare raf_db", len(items), unit="img", logger=log)
         for src, fname, split, label, where in sources:
             progress.update()
             if not os.path.lexists(src):

@@ -32,15 +32,14 @@ import math
 import os
 import shutil
 import stat
-import sys
-import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from pclbench.core.io import atomic_dir
-from pclbench.align.landmarks import write_pts
+from pclbench.core.progress import Progress
+from pclbench.align.pts import write_pts
 
 log = logging.getLogger("pclbench.data.parsers")
 
@@ -301,34 +300,6 @@ def check_splits(entry: Mapping, dataset: str, produced: Sequence[str]) -> None:
                          f"{list(produced)}; set datasets.{dataset}.splits: {list(produced)}")
 
 
-class Progress:
-    """tqdm on a terminal, otherwise a log line every ~10 %."""
-
-    def __init__(self, total: int, desc: str, unit: str = "img"):
-        self.total, self.desc, self.n, self.t0 = max(int(total), 0), desc, 0, time.perf_counter()
-        self.next_log = max(1, self.total // 10)
-        self.bar = None
-        if sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=self.total, desc=desc, unit=unit)
-            except ImportError:  # pragma: no cover
-                self.bar = None
-
-    def update(self, k: int = 1) -> None:
-        self.n += k
-        if self.bar is not None:
-            self.bar.update(k)
-        elif self.n >= self.next_log or self.n == self.total:
-            log.info("%s: %d/%d (%.1f s)", self.desc, self.n, self.total, time.perf_counter() - self.t0)
-            self.next_log = self.n + max(1, self.total // 10)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def write_pairs_dataset(out: Path, dataset: str, source: Path, img_root: Path, pairs_path: Path,
                         pairs: Sequence[tuple[int, str, str, int]], identity, layout: str, *,
                         where: Mapping[str, str] | None = None, **meta_fields) -> dict:
@@ -379,7 +350,7 @@ def write_pairs_dataset(out: Path, dataset: str, source: Path, img_root: Path, p
                                 f"under {img_root} (first: {first}); expected the official layout:\n{layout}")
     rows = []
     with atomic_dir(out) as tmp:
-        progress = Progress(len(fold_of), f"prepare {dataset}")
+        progress = Progress(f"prepare {dataset}", len(fold_of), unit="img", logger=log)
         for name in sorted(fold_of):
             place_image(src_of[name], tmp / "images" / name, where=first_where[name])
             rows.append(make_row(f"images/{name}", subject=identity(name), fold=fold_of[name]))

@@ -70,11 +70,13 @@ import unicodedata
 from pathlib import Path
 from typing import Mapping
 
-from pclbench.core.config import from_dict, resource_path
+from pclbench.core.config import from_dict
+from pclbench.core.resources import resource_path
 from pclbench.core.io import atomic_dir
 from pclbench.data.video import VideoConfig, VideoDecodeError, extract_clip, read_exclusion
-from pclbench.data.parsers import PARSERS
-from pclbench.data.parsers.stage1 import (Progress, SourceFormatError, SourceLayoutError, UnsafePathError, inside, is_regular_file,
+from pclbench.data.parsers.registry import PARSERS
+from pclbench.core.progress import Progress
+from pclbench.data.parsers.stage1 import (SourceFormatError, SourceLayoutError, UnsafePathError, inside, is_regular_file,
                      make_row, place_image, safe_relpath, write_manifest, write_meta, csv_records)
 
 log = logging.getLogger("pclbench.data.parsers")
@@ -198,7 +200,7 @@ def match_identities(folders: list[str], meta: Mapping[str, Mapping[str, str]]) 
 def _resolve(path_str: str) -> Path | None:
     """A config path: as given (relative to the working directory), else the repository's file of that
     name (the documented meaning of ``video.exclusion_file``; no configuration is read here), which an
-    installed wheel carries as package data (:func:`pclbench.core.config.resource_path`)."""
+    installed wheel carries as package data (:func:`pclbench.core.resources.resource_path`)."""
     if not path_str:
         return None
     p = Path(path_str)
@@ -230,7 +232,7 @@ def _video_rows(source: Path, splits, cfg: VideoConfig, excluded: set[str], tmp:
         if not clips:
             raise SourceLayoutError(f"{root}: no <id>/<youtube id>/<utterance>.mp4 files; expected:\n{LAYOUT}")
         rows[split] = []
-        progress = Progress(len(clips), f"voxceleb frames {split}", unit="clip")
+        progress = Progress(f"voxceleb frames {split}", len(clips), unit="clip", logger=log)
         for ident, yt, utt, video in clips:
             progress.update()
             if ident in excluded:
@@ -275,7 +277,7 @@ def _frame_rows(source: Path, splits, cfg: VideoConfig, excluded: set[str], tmp:
                      m["meta_name"], m["id"])
         if without:
             log.info("voxceleb: %d meta rows have no identity folder (first: %s)", len(without), without[:5])
-    progress = Progress(len(folders), "voxceleb face frames", unit="identity")
+    progress = Progress("voxceleb face frames", len(folders), unit="identity", logger=log)
     for folder in folders:
         progress.update()
         where = f"{data}/{folder}"

@@ -1,4 +1,5 @@
-"""InfoNCE with Beta-mixup of negatives: PCL's face-aware (2.5) and pose-related (2.6) contrastive losses.
+"""InfoNCE with Beta-mixup of negatives: PCL's face-aware (2.5) and pose-related (2.6) contrastive losses,
+and NT-Xent (:func:`nt_xent`), the face-aware loss without mixup, which SimCLR uses as its loss.
 
 Mixup (docs/method.md §2.5): for anchor i and negative slot j, ``lambda_ij ~ Beta(a, a)`` and ONE
 permutation ``pi`` of the K slots shared by all anchors give
@@ -19,6 +20,7 @@ compared with a float64 reference to float64 rounding (tests/test_pcl_reference.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,9 +52,8 @@ def sample_gamma(concentration: float, shape: tuple[int, ...], generator: torch.
 
     For a < 1, Gamma(a) = Gamma(a + 1) * U^(1/a). Each variate gets ``_MT_ROUNDS`` proposals at once
     and keeps the first accepted one, so the result is exact except with probability < 1e-20.
+    ``concentration`` > 0: the callers draw only when :func:`mixup_enabled` (the config's ``neg_alpha``).
     """
-    if not concentration > 0:
-        raise ValueError(f"sample_gamma: concentration must be > 0, got {concentration!r}")
     _check_generator(generator, torch.device(device))
     a = float(concentration)
     boost = a < 1.0
@@ -128,8 +129,6 @@ def info_nce_with_negatives(q: Tensor, k: Tensor, neg: Tensor, temperature: floa
             or neg.shape[2] != q.shape[1]:
         raise ValueError(f"info_nce_with_negatives: expected q, k (A, D) and neg (A, K, D); got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(neg.shape)}")
-    if not temperature > 0:
-        raise ValueError(f"info_nce_with_negatives: temperature must be > 0, got {temperature!r}")
     with no_autocast(q.device):
         q = F.normalize(loss_float(q), dim=-1)
         k = F.normalize(loss_float(k), dim=-1)
@@ -152,6 +151,35 @@ def _other_rows(n: int, device: torch.device) -> Tensor:
     return r + (r >= hi).long()  # (n, n - 2)
 
 
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float, *, gather: Callable[[Tensor], Tensor] | None = None,
+            rank: int = 0) -> Tensor:
+    """NT-Xent: InfoNCE over in-batch views without mixup, mean over the 2B local anchors.
+
+    SimCLR's loss (Chen et al., ICML 2020, eq. 1) and :func:`face_contrastive_loss` with mixup off.
+    ``z1, z2 (B, D)``: row i of each = the two views of image i (un-normalised). Anchor i of
+    ``[z1; z2]`` is compared with every key but itself; the target is its other view, so its
+    negatives are the other 2B - 2 views. Distributed (SimCLR): ``gather`` maps this rank's normalised
+    ``(B, D)`` rows to every rank's ``(W B, D)`` (gradients flow back to each row's rank) and
+    ``rank`` is this rank's block in them: the anchors stay local, the keys are global. ``None``:
+    the local batch is the whole batch. Float32 under autocast; float64 stays float64 (:func:`loss_float`).
+    """
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"nt_xent: z1 and z2 must be (B, D) of one shape, got {tuple(z1.shape)}, {tuple(z2.shape)}")
+    with no_autocast(z1.device):
+        z1, z2 = F.normalize(loss_float(z1), dim=1), F.normalize(loss_float(z2), dim=1)
+        b = z1.shape[0]
+        k1, k2 = (gather(z1), gather(z2)) if gather is not None else (z1, z2)  # (W B, D): every rank's views
+        n_all = k1.shape[0]
+        keys = torch.cat([k1, k2], dim=0)  # (2 W B, D)
+        q = torch.cat([z1, z2], dim=0)  # (2B, D): local anchors
+        logits = q @ keys.T / temperature  # (2B, 2 W B)
+        local = rank * b + torch.arange(b, device=q.device)  # rows of this rank's images in k1 / k2
+        self_idx = torch.cat([local, n_all + local])  # (2B,)
+        pos_idx = torch.cat([n_all + local, local])
+        logits = logits.masked_fill(F.one_hot(self_idx, keys.shape[0]).bool(), float("-inf"))
+        return F.cross_entropy(logits, pos_idx)
+
+
 def face_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float, neg_alpha: float | None,
                           generator: torch.Generator | None = None,
                           draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -166,16 +194,16 @@ def face_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float, neg_alpha:
     ``cos(q, lam a + (1 - lam) b) = (lam q.a + (1 - lam) q.b) / ||lam a + (1 - lam) b||`` and
     ``||.||^2 = lam^2 a.a + (1 - lam)^2 b.b + 2 lam (1 - lam) a.b``; all dot products come from two
     ``(2B, 2B)`` Gram matrices. ``draws``: :func:`draw_mixup` ``(2B, 2B - 2)`` made beforehand
-    (see :func:`mix_negatives`).
+    (see :func:`mix_negatives`). ``neg_alpha`` None or <= 0 (no mixup): :func:`nt_xent` (SimCLR's loss).
     """
     if z1.dim() != 2 or z1.shape != z2.shape:
         raise ValueError(f"face_contrastive_loss: z1 and z2 must both be (B, D), got {tuple(z1.shape)} "
                          f"and {tuple(z2.shape)}")
     if z1.shape[0] < 2:
         raise ValueError(f"face_contrastive_loss: needs a batch of at least 2 images, got {z1.shape[0]}")
-    if not temperature > 0:
-        raise ValueError(f"face_contrastive_loss: temperature must be > 0, got {temperature!r}")
     _check_generator(generator, z1.device)
+    if not mixup_enabled(neg_alpha):
+        return nt_xent(z1, z2, temperature)
     with no_autocast(z1.device):
         z = loss_float(torch.cat([z1, z2], dim=0))  # (2B, D), un-normalised
         n, b = z.shape[0], z1.shape[0]
@@ -184,23 +212,19 @@ def face_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float, neg_alpha:
         pos = (qn * qn[torch.remainder(rows + b, n)]).sum(1, keepdim=True)  # (2B, 1)
         idx = _other_rows(n, z.device)  # (2B, 2B - 2)
         qz = qn @ z.T  # (2B, 2B): q_i . z_j
-        if mixup_enabled(neg_alpha):
-            lam, perm = (_check_draws(draws, n, n - 2, "face_contrastive_loss") if draws is not None
-                         else draw_mixup(n, n - 2, neg_alpha, generator, z.device))  # (2B, 2B-2), (2B-2,)
-            # The draws are float32 (sample_beta); lam^2 and lam (1 - lam) below must be formed in the
-            # features' precision, as mix_negatives does, or a float64 run is only float32-accurate.
-            # (Side-by-side run against DreamMr/PCL Models/exppose.py neg_inter_info_nce_loss, which
-            # mixes the float64 features themselves: loss relative error 1e-9 before this cast, 2e-15 after.)
-            lam = lam.to(z.dtype)
-            idx_b = idx[:, perm]  # (2B, 2B - 2): the partner negative of each slot
-            zz = z @ z.T  # (2B, 2B)
-            sq = zz.diagonal()  # (2B,)
-            num = lam * qz.gather(1, idx) + (1 - lam) * qz.gather(1, idx_b)
-            norm2 = lam.square() * sq[idx] + (1 - lam).square() * sq[idx_b] \
-                + 2 * lam * (1 - lam) * zz[idx, idx_b]
-        else:
-            num = qz.gather(1, idx)
-            norm2 = z.square().sum(1)[idx]
+        lam, perm = (_check_draws(draws, n, n - 2, "face_contrastive_loss") if draws is not None
+                     else draw_mixup(n, n - 2, neg_alpha, generator, z.device))  # (2B, 2B-2), (2B-2,)
+        # The draws are float32 (sample_beta); lam^2 and lam (1 - lam) below must be formed in the
+        # features' precision, as mix_negatives does, or a float64 run is only float32-accurate.
+        # (Side-by-side run against DreamMr/PCL Models/exppose.py neg_inter_info_nce_loss, which
+        # mixes the float64 features themselves: loss relative error 1e-9 before this cast, 2e-15 after.)
+        lam = lam.to(z.dtype)
+        idx_b = idx[:, perm]  # (2B, 2B - 2): the partner negative of each slot
+        zz = z @ z.T  # (2B, 2B)
+        sq = zz.diagonal()  # (2B,)
+        num = lam * qz.gather(1, idx) + (1 - lam) * qz.gather(1, idx_b)
+        norm2 = lam.square() * sq[idx] + (1 - lam).square() * sq[idx_b] \
+            + 2 * lam * (1 - lam) * zz[idx, idx_b]
         # F.normalize's eps=1e-12 on the norm, so the two implementations agree on degenerate inputs.
         negs = num / norm2.clamp_min(1e-24).sqrt()  # (2B, 2B - 2)
         logits = torch.cat([pos, negs], dim=1) / temperature
@@ -247,13 +271,6 @@ def pose_contrastive_loss(z_pos: Tensor, z_neg: Tensor, temperature: float, neg_
     return info_nce_with_negatives(q, k, neg, temperature)
 
 
-def _check_hparams(owner: str, temperature: float, neg_alpha: float | None) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"{owner}: temperature must be a number > 0, got {temperature!r}")
-    if neg_alpha is not None and (isinstance(neg_alpha, bool) or not isinstance(neg_alpha, (int, float))):
-        raise ValueError(f"{owner}: neg_alpha must be a number (<= 0 or None disables mixup), got {neg_alpha!r}")
-
-
 class FaceContrastiveLoss(nn.Module):
     """Face-aware contrastive loss L_face (docs/method.md §2.5); see :func:`face_contrastive_loss`.
 
@@ -262,7 +279,6 @@ class FaceContrastiveLoss(nn.Module):
 
     def __init__(self, temperature: float, neg_alpha: float | None):
         super().__init__()
-        _check_hparams("FaceContrastiveLoss", temperature, neg_alpha)
         self.temperature = float(temperature)
         self.neg_alpha = None if neg_alpha is None else float(neg_alpha)
 
@@ -288,7 +304,6 @@ class PoseContrastiveLoss(nn.Module):
 
     def __init__(self, temperature: float, neg_alpha: float | None, share_views: bool = False):
         super().__init__()
-        _check_hparams("PoseContrastiveLoss", temperature, neg_alpha)
         self.temperature = float(temperature)
         self.neg_alpha = None if neg_alpha is None else float(neg_alpha)
         self.share_views = bool(share_views)

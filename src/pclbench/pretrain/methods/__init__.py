@@ -7,10 +7,8 @@ Adding a method = one module with one ``@METHODS.register(name)`` builder, impor
 """
 from __future__ import annotations
 
-from pclbench.core.registry import Registry
 from pclbench.pretrain.methods.base import Method
-
-METHODS: Registry = Registry("method")
+from pclbench.pretrain.methods.registry import METHODS
 
 from pclbench.pretrain.methods import byol, moco, pcl, random_init, simclr  # noqa: E402  (registers the builders)
 from pclbench.pretrain.methods.byol import BYOL, BYOLConfig  # noqa: E402

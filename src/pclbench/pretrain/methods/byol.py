@@ -24,22 +24,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pclbench.pretrain.augment import AugmentConfig
-from pclbench.core.config import from_dict
+from pclbench.core.config import from_dict, setting
 from pclbench.pretrain.losses.info_nce import no_autocast
 from pclbench.models import ModelConfig, build_encoder_from_config
 from pclbench.pretrain.views import ViewConfig
-from pclbench.pretrain.methods import METHODS
-from pclbench.pretrain.methods.two_view import TwoViewMethod, check_momentum, ema_update, required_sections
+from pclbench.pretrain.methods.registry import METHODS
+from pclbench.pretrain.methods.two_view import TwoViewMethod, ema_update, required_sections
 
 
 @dataclass
 class BYOLConfig:
-    """Section ``byol``."""
+    """BYOL baseline."""
 
-    momentum: float  # EMA tau of the target network [0.996 base, cosine to 1]
-
-    def __post_init__(self) -> None:
-        check_momentum("byol", self.momentum)
+    momentum: float = setting("Target-network EMA momentum tau, constant. BYOL 0.996 base (cosine to 1 there).",
+                              minimum=0, maximum=1)
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> "BYOLConfig":

@@ -10,8 +10,9 @@ Structure of facebookresearch/moco ``moco/builder.py``:
   (``k <- m k + (1 - m) q``, before the keys are computed, as builder.py), never by gradient.
 - logits = [q.k+, q.queue^T] / ``moco.temperature``, cross-entropy with target 0 (one direction per
   iteration: query = view 1, key = view 2, as MoCo v2).
-- the keys of the batch (all ranks, :func:`two_view.gather`) replace the OLDEST ``B`` queue entries,
-  ring-buffer order (no divisibility requirement on ``moco.queue_size``).
+- the keys of the batch (all ranks, :func:`pclbench.pretrain.distributed.all_gather_with_grad`)
+  replace the OLDEST ``B`` queue entries, ring-buffer order (no divisibility requirement on
+  ``moco.queue_size``).
 - no shuffle-BN: the FaceCycle encoder and this head have no BatchNorm, so keys cannot leak batch
   statistics.
 
@@ -29,28 +30,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pclbench.pretrain.augment import AugmentConfig
-from pclbench.core.config import ConfigError, from_dict
+from pclbench.pretrain.distributed import all_gather_with_grad
+from pclbench.core.config import from_dict, setting
 from pclbench.pretrain.losses.info_nce import no_autocast
 from pclbench.models import ModelConfig, build_encoder_from_config
 from pclbench.pretrain.views import ViewConfig
-from pclbench.pretrain.methods import METHODS
-from pclbench.pretrain.methods.two_view import TwoViewMethod, check_momentum, ema_update, gather, required_sections
+from pclbench.pretrain.methods.registry import METHODS
+from pclbench.pretrain.methods.two_view import TwoViewMethod, ema_update, required_sections
 
 
 @dataclass
 class MoCoConfig:
-    """Section ``moco``. MoCo v2 values in brackets."""
+    """MoCo v2 baseline."""
 
-    queue_size: int  # K negatives [65536]
-    momentum: float  # EMA momentum m of the key network [0.999]
-    temperature: float  # [0.2]
-
-    def __post_init__(self) -> None:
-        if self.queue_size < 1:
-            raise ConfigError(f"moco.queue_size: must be >= 1, got {self.queue_size!r}")
-        check_momentum("moco", self.momentum)
-        if not self.temperature > 0:
-            raise ConfigError(f"moco.temperature: must be > 0, got {self.temperature!r}")
+    queue_size: int = setting("K, the negative keys in the queue. MoCo v2 65536.", minimum=1)
+    momentum: float = setting("Key-network EMA momentum m. MoCo v2 0.999.", minimum=0, maximum=1)
+    temperature: float = setting("Logit temperature. MoCo v2 0.2.", exclusiveMinimum=0)
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> "MoCoConfig":
@@ -117,7 +112,7 @@ class MoCo(TwoViewMethod):
                 logits = moco_logits(q, k, self.queue.clone(), self.cfg.temperature)  # (B, 1 + K)
                 loss = F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
         self._step(loss, optimizer, scaler)
-        self.enqueue(gather(k))
+        self.enqueue(all_gather_with_grad(k))
         return {"loss_moco": loss.detach()}
 
 

@@ -68,7 +68,7 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import Tensor, nn
 
-from pclbench.core.config import ConfigError, from_dict
+from pclbench.core.config import ConfigError, from_dict, setting
 from pclbench.pretrain.distributed import all_gather_with_grad, world_size
 from pclbench.pretrain.losses import DifferenceLoss, DynamicWeightAverage, FaceContrastiveLoss, PoseContrastiveLoss
 from pclbench.pretrain.losses import AUTHORS_DECODER_ORDER, FLIP_SWAP_TERMS, flip_swap_reconstruction
@@ -76,7 +76,7 @@ from pclbench.models import ModelConfig, build_decoder, build_encoder_from_confi
 from pclbench.models.heads import Decoder
 from pclbench.pretrain.views import (ViewConfig, add_noise, apply_face_views, apply_pose_views, check_images, draw_face_views,
                      draw_pose_views, resize)
-from pclbench.pretrain.methods import METHODS
+from pclbench.pretrain.methods.registry import METHODS
 from pclbench.pretrain.methods.base import Method
 
 
@@ -84,19 +84,19 @@ from pclbench.pretrain.methods.base import Method
 class DWAConfig:
     """Dynamic Weight Averaging of the two contrastive losses (2.8)."""
 
-    enabled: bool  # use_dwa [True]; False = both weights 1
-    temperature: float  # dwa_T [2.0]
-    start: int  # weights stay 1 for epochs <= start [2, i.e. warm_up -1]
+    enabled: bool = setting("use_dwa; false: both weights 1. Paper true.")
+    temperature: float = setting("dwa_T, the softmax temperature. Paper 2.0.", exclusiveMinimum=0)
+    start: int = setting("Weights are 1 for epochs <= start. Paper 2 (the authors' warm_up - 1).")
 
 
 @dataclass
 class AblationConfig:
     """Section ``pcl.ablation``: which parts of PCL run (module docstring). All true = the paper's PCL."""
 
-    pdd: bool  # the pfe step: reconstruction + L_orth (2.1-2.4)
-    orth: bool  # L_orth inside L_pfe (2.3)
-    flip_swap: bool  # the cross terms rec1, rec2 of the reconstruction (2.2)
-    pose_step: bool  # the pose contrastive step (2.6)
+    pdd: bool = setting("false = w/o PDD: no pfe step (no decoder, reconstruction or L_orth; 2.1-2.4).")
+    orth: bool = setting("false = w/o L_orth: L_pfe = w_rec * reconstruction (2.3).")
+    flip_swap: bool = setting("false = w/o flip-swap: only rec3 + rec4, the own codes (2.2).")
+    pose_step: bool = setting("false = w/o pose CL: no pose step (2.6); the face weight stays 1.")
 
 
 # Footnote names of the switched-off parts, in the paper's order (docs/method.md §5.1).
@@ -119,33 +119,31 @@ def ablation_label(pcl_section: Mapping[str, Any]) -> str:
 
 @dataclass
 class PCLConfig:
-    """Section ``pcl``. Paper values (configs/remote_PCL_vox.yaml, 2.10) in brackets."""
+    """PCL method (docs/method.md section 2). Paper values (configs/remote_PCL_vox.yaml, 2.10) in the descriptions."""
 
-    noise_std: float  # std of the Gaussian noise on the pfe inputs [0.4] (2.1)
-    recon_weight: float  # w_rec of the four reconstruction terms [1.0, hard-coded] (2.4)
-    temperature: float  # InfoNCE temperature of both contrastive losses [0.07]
-    neg_alpha: float  # Beta(a, a) negative mixup [1.6]; <= 0 disables mixup
-    pose_batch: int  # images per pose step [10, hard-coded] (2.6)
-    n_negatives: int  # flipped views per pose image [100, hard-coded] (2.6)
-    pose_negatives: Literal["fixed", "faithful"]  # own flips (fixed) or the authors' chunking
-    optimizer: Literal["fixed", "faithful"]  # zero_grad(set_to_none=True) (fixed) or =False
-    pose_fc_batches: Literal["fixed", "faithful"]  # one BatchNorm batch over all pose views (fixed) or two
-    pose_mixup_lambdas: Literal["fixed", "faithful"]  # a Beta lambda per anchor (fixed) or per image
-    decoder_order: Literal["fixed", "faithful"]  # rec1..rec4 (fixed) or the authors' rec2, rec1, rec3, rec4
-    dwa: DWAConfig
-    ablation: AblationConfig
-
-    def __post_init__(self) -> None:
-        for key in ("pose_batch", "n_negatives"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"pcl.{key}: must be >= 1, got {getattr(self, key)!r}")
-        for key in ("noise_std", "recon_weight"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"pcl.{key}: must be >= 0, got {getattr(self, key)!r}")
-        if not self.temperature > 0:
-            raise ConfigError(f"pcl.temperature: must be > 0, got {self.temperature!r}")
-        if not self.dwa.temperature > 0:
-            raise ConfigError(f"pcl.dwa.temperature: must be > 0, got {self.dwa.temperature!r}")
+    noise_std: float = setting("Std of the Gaussian noise on the pfe inputs (2.1). Paper 0.4.", minimum=0)
+    recon_weight: float = setting("w_rec of the 4 reconstruction terms (2.4). Paper 1.0, hard-coded.", minimum=0)
+    temperature: float = setting("InfoNCE temperature of both contrastive losses (2.5, 2.6). Paper 0.07.",
+                                 exclusiveMinimum=0)
+    neg_alpha: float = setting("Beta(a, a) negative mixup; <= 0 disables it (2.5). Paper 1.6.")
+    pose_batch: int = setting("Images per pose step (2.6). Paper 10, hard-coded.", minimum=1)
+    n_negatives: int = setting("Flipped views per pose image (2.6). Paper 100, hard-coded.", minimum=1)
+    pose_negatives: Literal["fixed", "faithful"] = setting(
+        "fixed: own flipped views; faithful: the authors' collate-then-chunk indexing (2.6).")
+    optimizer: Literal["fixed", "faithful"] = setting(
+        "fixed: zero_grad(set_to_none=True); faithful: zeroed grads (set_to_none=False) keep unused modules "
+        "moving (2.7).")
+    pose_fc_batches: Literal["fixed", "faithful"] = setting(
+        "fixed: one pose_fc call (one BatchNorm batch) over positives and negatives; faithful: the authors' two "
+        "calls, positives then negatives (2.6).")
+    pose_mixup_lambdas: Literal["fixed", "faithful"] = setting(
+        "fixed: one Beta lambda per anchor and negative; faithful: one per image, shared by its two views (2.6).")
+    decoder_order: Literal["fixed", "faithful"] = setting(
+        "fixed: decoder calls rec1..rec4; faithful: the authors' rec2, rec1, rec3, rec4 (only BatchNorm running "
+        "stats differ; 2.2).")
+    dwa: DWAConfig = setting("Dynamic Weight Averaging of the two contrastive losses (2.8).")
+    ablation: AblationConfig = setting("Which parts of PCL run (the paper's ablation table); all true = PCL. "
+                                       "pclbench.pretrain.methods.pcl.AblationConfig.")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> "PCLConfig":

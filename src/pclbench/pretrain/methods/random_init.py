@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from pclbench.models import ModelConfig, build_encoder_from_config
-from pclbench.pretrain.methods import METHODS
+from pclbench.pretrain.methods.registry import METHODS
 from pclbench.pretrain.methods.base import Method
 
 

@@ -8,9 +8,9 @@ Readout: the objectives act on the flattened TRUNK output (``encoder.forward_tru
 ``trunk`` readout of the probes); the face and pose heads of the FaceCycle
 encoder are not used by the baselines and stay at their initialisation.
 
-Distributed training: in-batch negatives / keys from other ranks pass through :func:`gather`
-(``pclbench.pretrain.distributed.all_gather_with_grad`` when that module exists, else the identity), and
-:func:`rank` is this process's position in the gathered batch.
+Distributed training: in-batch negatives / keys from other ranks pass through
+:func:`pclbench.pretrain.distributed.all_gather_with_grad` (the identity with one process), and
+:func:`pclbench.pretrain.distributed.rank` is this process's position in the gathered batch.
 """
 from __future__ import annotations
 
@@ -24,19 +24,6 @@ from pclbench.core.config import ConfigError
 from pclbench.pretrain.views import ViewConfig
 from pclbench.pretrain.methods.base import Method
 
-try:  # gradients flow back to the rank that produced each row
-    from pclbench.pretrain.distributed import all_gather_with_grad as gather
-except ImportError:  # single process: the local batch is the whole batch
-    def gather(t: Tensor) -> Tensor:
-        return t
-
-
-def rank() -> int:
-    """Index of this process's rows in a :func:`gather`-ed batch (0 without torch.distributed)."""
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """``target <- m * target + (1 - m) * online`` for every parameter; buffers (BN statistics) are
@@ -45,11 +32,6 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
         pt.mul_(momentum).add_(po.detach(), alpha=1.0 - momentum)
     for bt, bo in zip(target.buffers(), online.buffers(), strict=True):
         bt.copy_(bo)
-
-
-def check_momentum(section: str, m: float) -> None:
-    if not 0 <= m <= 1:
-        raise ConfigError(f"{section}.momentum: must be in [0, 1], got {m!r}")
 
 
 def required_sections(config: Mapping[str, Any], names: tuple[str, ...]) -> None:
