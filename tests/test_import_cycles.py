@@ -1,6 +1,7 @@
 """No import cycle in the package: the stages' dependencies point one way (docs/architecture.md
-"Package layout"). Built from the source text with ``ast`` (every import statement, at module level
-and inside functions), independently of the modules' own idea of their dependencies."""
+"Package layout"). Built from the source text with ``ast`` (every import statement that runs, at module
+level and inside functions; not those under ``if TYPE_CHECKING:``, which only a type checker reads:
+typing docs, ``typing.TYPE_CHECKING``), independently of the modules' own idea of their dependencies."""
 from __future__ import annotations
 
 import ast
@@ -18,6 +19,12 @@ def module_names(root: Path) -> dict[str, Path]:
     return out
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    """``if TYPE_CHECKING:`` or ``if typing.TYPE_CHECKING:``."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def import_graph(root: Path, package: str) -> dict[str, set[str]]:
     """module -> the package modules it imports. ``from a.b import c`` is an edge to ``a.b.c`` when that is a
     module (a submodule import), else to ``a.b``; relative imports are resolved against the importer."""
@@ -32,7 +39,12 @@ def import_graph(root: Path, package: str) -> dict[str, set[str]]:
     for m in graph:
         f = mods[m]
         here = m if f.name == "__init__.py" else m.rpartition(".")[0]
-        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+        tree = ast.parse(f.read_text(), str(f))
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
+                       for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -100,7 +112,7 @@ def test_the_cycle_finder_on_known_graphs(tmp_path):
     (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text("from p import b\n")
     (pkg / "b.py").write_text("def f():\n    from p.a import x\n")  # a lazy import closes a cycle too
-    (pkg / "c.py").write_text("import p.a\n")
+    (pkg / "c.py").write_text("import p.a\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from p import sub\n")
     (pkg / "sub" / "__init__.py").write_text("from .d import y\n")
     (pkg / "sub" / "d.py").write_text("from p.sub import e\n")  # a submodule import: an edge to p.sub.e only
     (pkg / "sub" / "e.py").write_text("")

@@ -330,6 +330,13 @@ def _table_outputs():
         subcategory="summary",
         labels={"table": "summary", "kind": "summary"},
     )
+    out["disentanglement"] = report(
+        f"{TABLES_DIR}/disentanglement.html",
+        caption="../report/table_disentanglement.rst",
+        category="Tables",
+        subcategory="disentanglement",
+        labels={"table": "disentanglement", "kind": "face head vs pose head"},
+    )
     html = set(f"{TABLES_DIR}/{n}.html" for n in out)
     out["other"] = [f for f in report_table_files() if f not in html]
     out["metrics"] = f"{RESULTS}/metrics.json"

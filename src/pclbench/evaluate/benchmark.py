@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pclbench.align.shards import read_manifest
 from pclbench.core.config import ConfigError, from_dict
 from pclbench.evaluate.linear import ProbeConfig, load_split
 
@@ -67,6 +68,25 @@ class Roots:
     def load(self, ref: DataRef, readout: str) -> tuple[np.ndarray, pd.DataFrame]:
         """(X (N, D) float32, manifest rows in the same order) of ``ref`` for ``readout``."""
         return load_split(self.features / ref.dataset, self.aligned / ref.dataset, ref.split, readout)
+
+    def rows(self, ref: DataRef) -> pd.DataFrame:
+        """The manifest rows of ``ref`` that :meth:`load` returns beside X, in the same order, read
+        without loading a feature array (only the cache's ``row`` key): the label-only floors use it."""
+        npz_path = self.features / ref.dataset / f"{ref.split}.npz"
+        if not npz_path.is_file():
+            raise FileNotFoundError(f"cached features not found: {npz_path} (run the extract stage)")
+        manifest = read_manifest(self.aligned / ref.dataset / ref.split)
+        with np.load(npz_path) as z:
+            if "row" not in z.files:
+                raise KeyError(f"{npz_path}: missing key(s) ['row']; has {z.files}")
+            rows = np.asarray(z["row"]).astype(np.int64)  # (N,)
+        if len(np.unique(rows)) != len(rows):
+            raise ValueError(f"{npz_path}: key row has duplicates")
+        unknown = np.setdiff1d(rows, manifest["row"].to_numpy())
+        if len(unknown):
+            raise ValueError(f"{npz_path}: {len(unknown)} feature rows are not in {self.manifest_path(ref)}, "
+                             f"e.g. {unknown[:5].tolist()}")
+        return manifest.set_index("row", drop=False).loc[rows].reset_index(drop=True)
 
     def manifest_path(self, ref: DataRef) -> str:
         return str(self.aligned / ref.dataset / ref.split / "manifest.csv")
@@ -120,7 +140,8 @@ def run_benchmark(name: str, entry: dict, features_root: Path, aligned_root: Pat
     COMMON probe-result contract: benchmark, task, method, datasets, protocol, readouts, seeds, runs
     (one per readout x seed, with per-class / per-AU / per-angle detail and the selected
     hyperparameters), summary, std_over, primary_metric, higher_is_better, method_info (None here: the
-    encoder's record, ``pclbench.cli.checkpoint_info``, is filled in by ``pclbench probe --checkpoint``).
+    encoder's record, ``pclbench.cli.checkpoint_info``, is filled in by ``pclbench probe --checkpoint``),
+    trivial (the task's label-only floor, ``task.floor``: ``{predictor, metrics: {metric: value}}``).
     """
     from pclbench.evaluate.tasks import TASKS
 
@@ -179,6 +200,9 @@ def run_benchmark(name: str, entry: dict, features_root: Path, aligned_root: Pat
     else:
         summary = summarize(runs, probe.readouts)
         std_over = "seeds"
+    # the task's floor from labels only (pclbench.evaluate.<task>.floor): same rows / folds / pairs and
+    # metric code as the probe, deterministic, so computed once per job
+    trivial = task.floor(bench, roots, config)
     datasets = {"test": str(bench.test)}
     if bench.train is not None:
         datasets = {"train": str(bench.train), **datasets}
@@ -190,6 +214,7 @@ def run_benchmark(name: str, entry: dict, features_root: Path, aligned_root: Pat
         "runs": runs, "summary": summary, "std_over": std_over,
         "primary_metric": primary, "higher_is_better": higher,
         "method_info": None,  # the encoder's own record: pclbench.cli.checkpoint_info (pclbench probe --checkpoint)
+        "trivial": trivial,  # {predictor, metrics: {metric: value}, ...}: the label-only floor of this benchmark
         "elapsed_s": time.perf_counter() - t0,
     }
 

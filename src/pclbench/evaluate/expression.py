@@ -86,3 +86,36 @@ def run(bench, roots, config: dict, probe: ProbeConfig, seed: int, readout: str)
         "n_train": out.n_train, "n_val": out.n_val, "n_test": int(len(y_te)), "n_fit": out.n_fit,
         "n_excluded": {"train": int((~keep_tr).sum()), "test": int((~keep_te).sum())},
     }
+
+
+def trivial(y_train: np.ndarray, y_test: np.ndarray, num_classes: int) -> dict:
+    """Floor of the expression benchmark from LABELS ONLY: the majority class of the training labels
+    predicted for every test image, scored with the probe's own metrics (:mod:`pclbench.evaluate.metrics`).
+
+    ``y_train`` / ``y_test``: (N,) int labels already restricted to [0, num_classes) (the rows the probe
+    uses). A tie between training classes goes to the lowest label (``np.argmax``), so the result is
+    deterministic. ``chance_pct`` = 100 / K, the expected accuracy of a uniform random guess, is
+    recorded beside it. Returns ``{"predictor", "metrics", "majority_class"}``."""
+    y_train, y_test = np.asarray(y_train, dtype=np.int64), np.asarray(y_test, dtype=np.int64)
+    if len(y_train) == 0 or len(y_test) == 0:
+        raise ValueError("trivial expression floor: empty training or test labels")
+    majority = int(np.bincount(y_train, minlength=num_classes).argmax())
+    pred = np.full_like(y_test, majority)  # (N_test,)
+    return {
+        "predictor": "majority class of the training labels for every test image",
+        "metrics": {"accuracy_pct": percent(metrics.accuracy(y_test, pred)),
+                    "mean_class_accuracy_pct": percent(metrics.mean_class_accuracy(y_test, pred, num_classes)),
+                    "chance_pct": percent(1.0 / num_classes)},
+        "majority_class": majority,
+    }
+
+
+def floor(bench, roots, config: dict) -> dict:
+    """:func:`trivial` on exactly the rows :func:`run` uses (the rows with cached features,
+    :meth:`pclbench.evaluate.benchmark.Roots.rows`; the same exclusion of labels outside the benchmark);
+    no feature is read."""
+    k = len(bench.labels)
+    m_tr, m_te = roots.rows(bench.train), roots.rows(bench.test)
+    y_tr, keep_tr = _labels(m_tr, k, roots.manifest_path(bench.train))
+    y_te, keep_te = _labels(m_te, k, roots.manifest_path(bench.test))
+    return trivial(y_tr[keep_tr], y_te[keep_te], k)

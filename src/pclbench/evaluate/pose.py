@@ -79,3 +79,27 @@ def run(bench, roots, config: dict, probe: ProbeConfig, seed: int, readout: str)
         "selection_grid": out.grid,
         "n_train": out.n_train, "n_val": out.n_val, "n_test": int(len(y_te)), "n_fit": out.n_fit,
     }
+
+
+def trivial(y_train: np.ndarray, y_test: np.ndarray) -> dict:
+    """Floor of the pose benchmark from LABELS ONLY: the training set's mean (yaw, pitch, roll) predicted
+    for every test image, scored with the probe's metric (:func:`pclbench.evaluate.metrics.mae_per_column`,
+    degrees). ``y_train`` (N, 3), ``y_test`` (M, 3), columns = :data:`ANGLES`. (``run`` also records the
+    training MEDIAN's MAE per angle as ``baseline_median_mae_deg``; the floor here is the mean, as the
+    issue asks: the constant that minimises the training squared error.)"""
+    y_train, y_test = np.asarray(y_train, dtype=np.float64), np.asarray(y_test, dtype=np.float64)
+    if len(y_train) == 0:
+        raise ValueError("trivial pose floor: empty training labels")
+    mean = y_train.mean(axis=0)  # (3,)
+    mae = metrics.mae_per_column(y_test, np.broadcast_to(mean, y_test.shape))  # (3,)
+    return {
+        "predictor": "training-set mean yaw/pitch/roll for every test image",
+        "metrics": {**{f"mae_{a}_deg": float(v) for a, v in zip(ANGLES, mae)}, "mae_mean_deg": float(mae.mean())},
+        "train_mean_deg": {a: float(v) for a, v in zip(ANGLES, mean)},
+    }
+
+
+def floor(bench, roots, config: dict) -> dict:
+    """:func:`trivial` on exactly the rows :func:`run` uses (those with cached features); no feature is read."""
+    m_tr, m_te = roots.rows(bench.train), roots.rows(bench.test)
+    return trivial(_angles(m_tr, roots.manifest_path(bench.train)), _angles(m_te, roots.manifest_path(bench.test)))

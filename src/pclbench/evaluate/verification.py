@@ -101,6 +101,12 @@ def read_pairs(path: Path) -> pd.DataFrame:
 
 def _pairs_and_features(bench, roots, cfg: VerificationConfig, readout: str):
     x, manifest = roots.load(bench.test, readout)
+    return (x, *_pairs(bench, roots, cfg, manifest))
+
+
+def _pairs(bench, roots, cfg: VerificationConfig, manifest: pd.DataFrame):
+    """(ia, ib, same, folds, n_pairs_total, n_dropped) of the pairs whose two images are rows of
+    ``manifest`` (the rows with cached features, in feature order)."""
     require_columns(manifest, ["path"], roots.manifest_path(bench.test))
     pairs_path = roots.raw / bench.test.dataset / cfg.pairs_file
     pairs = read_pairs(pairs_path)
@@ -120,7 +126,7 @@ def _pairs_and_features(bench, roots, cfg: VerificationConfig, readout: str):
     if empty:
         raise ValueError(f"{pairs_path}: fold(s) {empty} have no pair left after dropping pairs with "
                          "unaligned images")
-    return (x, ia[keep].astype(np.int64).to_numpy(), ib[keep].astype(np.int64).to_numpy(),
+    return (ia[keep].astype(np.int64).to_numpy(), ib[keep].astype(np.int64).to_numpy(),
             kept["same"].astype(int).to_numpy(), kept["fold"].to_numpy(), len(pairs), n_dropped)
 
 
@@ -251,3 +257,42 @@ def _linear_fold(x: np.ndarray, ia: np.ndarray, ib: np.ndarray, same: np.ndarray
                              eval_sets={"fit": (ta, tb), "test": pairs(test_m, std)}, stop_epoch=epoch)
     t, _ = metrics.best_accuracy_threshold(sc["fit"], same[trainall_m])
     return float(np.mean((sc["test"] > t) == same[test_m].astype(bool))), t, sel
+
+
+def trivial(same: np.ndarray, folds: np.ndarray) -> dict:
+    """Floor of the verification benchmark from LABELS ONLY: the best constant decision learnt on the
+    training folds. The protocol has train folds (each fold is tested with the other folds as its
+    training data, as the threshold is), so for test fold k the constant is the majority answer
+    ("same" or "different") among the pairs of the OTHER folds, applied to every pair of fold k; a tie
+    (balanced pairs, as LFW's 300 same + 300 different per fold) has no majority and the fold scores
+    the expected accuracy of picking either constant at random, the mean of their two accuracies
+    (= 50 %, chance). ``accuracy_pct`` = mean over folds of the fold accuracy, as :func:`run` reports.
+    ``same``: (P,) 0/1, ``folds``: (P,) fold id of each pair (the pairs :func:`run` uses)."""
+    same, folds = np.asarray(same).astype(bool), np.asarray(folds)
+    fold_ids = np.unique(folds)
+    acc, decisions = [], []
+    for k in fold_ids:
+        test, train = same[folds == k], same[folds != k]
+        n_same, n_diff = int(train.sum()), int((~train).sum())
+        if n_same == n_diff:
+            decisions.append(None)
+            acc.append(0.5 * (float(np.mean(test)) + float(np.mean(~test))))
+        else:
+            decisions.append("same" if n_same > n_diff else "different")
+            acc.append(float(np.mean(test == (n_same > n_diff))))
+    acc_pct = [100.0 * a for a in acc]
+    return {
+        "predictor": ("majority answer (same / different) of the other folds' pairs for every pair of the "
+                      "test fold; 50 % (chance) for a fold whose training folds are balanced"),
+        "metrics": {"accuracy_pct": float(np.mean(acc_pct))},
+        "per_fold": [{"fold": f.item() if hasattr(f, "item") else f, "decision": d, "accuracy_pct": a}
+                     for f, d, a in zip(fold_ids, decisions, acc_pct)],
+    }
+
+
+def floor(bench, roots, config: dict) -> dict:
+    """:func:`trivial` on exactly the pairs :func:`run` uses (a pair with an unaligned image, or one
+    without cached features, dropped the same way); no feature is read."""
+    cfg = from_dict(VerificationConfig, config["tasks"]["verification"], "tasks.verification")
+    _, _, same, folds, _, _ = _pairs(bench, roots, cfg, roots.rows(bench.test))
+    return trivial(same, folds)

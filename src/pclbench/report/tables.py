@@ -10,25 +10,30 @@ below turn it into :class:`pclbench.report.render.Table` s, written in four form
 Output, per task (``<task>.{md,csv,tex,html}``): rows = methods at the primary readout, columns = the
 benchmarks of the task x the configured metrics; a cell is the reproduced mean +- std (n), next to it
 the published number where ``published_results.yaml`` has the same method and benchmark, and the
-difference (reproduced - published). ``<task>_readouts.*``: every (method, readout) row x each
+difference (reproduced - published); the first row, ``trivial predictor``, is each benchmark's floor
+from the labels alone (the probe result's ``trivial``, :func:`pclbench.evaluate.expression.trivial` and
+its peers; the summary has it too). ``<task>_readouts.*``: every (method, readout) row x each
 benchmark's primary metric (the task's own declaration, :func:`pclbench.evaluate.primary_metric`),
 i.e. what disentanglement buys per task. ``ablation.*``: the PCL variants
 (``method_info.ablation``, :func:`pclbench.pretrain.methods.ablation_label`) x every benchmark's primary metric.
-``summary.{md,csv,html}`` and a flat ``metrics.json`` (``method/benchmark/metric -> mean``, for
-``dvc metrics``). A benchmark that did not run is written ``not run`` with its reason as a note; an
-undefined value ``n/a``; a published cell nobody transcribed stays empty -- never a made-up number.
-Every table carries its protocol notes (clean/paper protocol, faithful/fixed variant, readout, what the
-std is over, the published sources).
+``disentanglement.*``: the face head vs the pose head per benchmark, the paper's claim measured
+(:mod:`pclbench.report.disentanglement`). ``summary.{md,csv,html}`` and a flat ``metrics.json``
+(``method/benchmark/metric -> mean``, for ``dvc metrics``). A benchmark that did not run is written
+``not run`` with its reason as a note; an undefined value ``n/a``; a published cell nobody transcribed
+stays empty -- never a made-up number. Every table carries its protocol notes (clean/paper protocol,
+faithful/fixed variant, readout, what the std is over, the published sources).
 """
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from pclbench.core.config import ConfigError, from_dict, setting
+from pclbench.report.disentanglement import disentanglement_table
 from pclbench.report.published import Published, PublishedRow, load_published
 from pclbench.report.render import Row, Table, latex_escape, write_atomic, write_table
 from pclbench.report.results import (NO_VALUE, NOT_RUN, UNDEFINED, Stat, ablation_of, lower_is_better,
@@ -334,6 +339,49 @@ def _published_only_rows(comp: Comparison, cols: Sequence[Column], used_pub: lis
     return rows
 
 
+TRIVIAL_LABEL = "trivial predictor"
+TRIVIAL_NOTE = (f"{TRIVIAL_LABEL} = the task's floor from the labels alone, on the same test data with the same "
+                "metric code as the probes (pclbench.evaluate.<task>.trivial), deterministic (no ±): expression "
+                "= the majority class of the training labels for every test image (chance = 1/K is recorded "
+                "beside it in the results); verification = per fold, the majority answer (same/different) of "
+                "the other folds' pairs, 50 % (chance) for a fold whose training folds are balanced; AU = "
+                "every AU predicted present (all-positive), F1 on the pooled folds; pose = the training set's "
+                f"mean yaw/pitch/roll for every test image. {UNDEFINED} = the results predate the floor.")
+
+
+def _trivial_value(comp: Comparison, b: str, m: str) -> float | None:
+    """Benchmark ``b``'s label-only floor for metric ``m`` (probe result key ``trivial``, the same in
+    every method's result of ``b``: the first that has it); None when no result records it."""
+    for p in comp.bench_probes(b):
+        triv = p.get("trivial")
+        if isinstance(triv, Mapping) and isinstance(triv.get("metrics"), Mapping):
+            v = triv["metrics"].get(m)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            return float(v) if ok else None  # null (undefined F1) -> n/a
+    return None
+
+
+def _trivial_row(comp: Comparison, cells_of: Sequence[tuple[str, str, str]], row_csv: dict[str, Any]) -> Row:
+    """The first row of a table: the floor of each (benchmark, metric, kind) column (kind ``ours``;
+    published / difference columns stay empty), ``not run`` for a benchmark that did not run."""
+    d = comp.cfg.decimals
+    cells, tex = [], []
+    for b, m, kind in cells_of:
+        if kind != "ours":
+            c = t = ""
+        elif b in comp.not_run:
+            c = comp._not_run_cell(b)
+            t = latex_escape(c)
+            row_csv[f"{b}:{m}"] = NOT_RUN
+        else:
+            v = _trivial_value(comp, b, m)
+            c = t = _fmt(v, d) if v is not None else UNDEFINED
+            row_csv.update({f"{b}:{m}": repr(v) if v is not None else UNDEFINED, f"{b}:{m}:std": "",
+                            f"{b}:{m}:n": ""})
+        cells.append(c), tex.append(t)
+    return Row(TRIVIAL_LABEL, cells, tex, [False] * len(cells), row_csv)
+
+
 def task_table(comp: Comparison, task: str) -> Table:
     """Main table of ``task``: methods (primary readout) x benchmarks x metrics, with published."""
     ro = comp.cfg.primary_readout
@@ -348,6 +396,9 @@ def task_table(comp: Comparison, task: str) -> Table:
     t.rows += _published_only_rows(comp, cols, used_pub)
     extra = ["Bold = best reproduced value in a column (↑ higher is better, ↓ lower is better)."]
     t.notes = comp.notes(benches, comp.methods, ro, used_pub, extra)
+    # the floor: a first row and a last note (the other rows and notes keep their text and numbers)
+    t.rows.insert(0, _trivial_row(comp, cols, {"method": TRIVIAL_LABEL, "kind": "trivial", "readout": ""}))
+    t.notes.append(TRIVIAL_NOTE)
     return t
 
 
@@ -398,9 +449,14 @@ def _primary_table(comp: Comparison, name: str, title: str, rows: Sequence[tuple
 
 
 def summary_table(comp: Comparison) -> Table:
-    return _primary_table(comp, "summary", f"Summary: primary metric per benchmark ({comp.cfg.primary_readout} "
-                          "readout)", [(x, x) for x in comp.methods],
-                          ["One column per benchmark: its primary metric; the task tables have the rest."])
+    t = _primary_table(comp, "summary", f"Summary: primary metric per benchmark ({comp.cfg.primary_readout} "
+                       "readout)", [(x, x) for x in comp.methods],
+                       ["One column per benchmark: its primary metric; the task tables have the rest."])
+    # the floor: a first row and a last note (the other rows and notes keep their text and numbers)
+    cols = [(b, comp.primary_metric(b), "ours") for b in comp.benchmarks]
+    t.rows.insert(0, _trivial_row(comp, cols, {"method": TRIVIAL_LABEL, "label": TRIVIAL_LABEL}))
+    t.notes.append(TRIVIAL_NOTE)
+    return t
 
 
 def ablation_rows(comp: Comparison) -> list[tuple[str, str]]:
@@ -448,7 +504,7 @@ def table_names(tasks: Iterable[str]) -> list[str]:
     names = []
     for t in tasks:
         names += [t, f"{t}_readouts"]
-    return names + ["ablation", "summary"]
+    return names + ["ablation", "summary", "disentanglement"]
 
 
 def build_tables(probes: Sequence[Mapping], out_dir: Path | str, config: Mapping,
@@ -471,6 +527,7 @@ def build_tables(probes: Sequence[Mapping], out_dir: Path | str, config: Mapping
         written += write_table(readouts_table(comp, task), out_dir)
     written += write_table(ablation_table(comp), out_dir)
     written += write_table(summary_table(comp), out_dir, ("md", "csv", "html"))
+    written += write_table(disentanglement_table(comp), out_dir)
     if metrics_json is not None:
         written.append(write_atomic(Path(metrics_json), json.dumps(flat_metrics(comp), indent=2, sort_keys=True)
                                     + "\n"))
