@@ -16,6 +16,7 @@ import pytest
 from pclbench.evaluate import au, expression, pose, run_benchmark, verification
 from pclbench.evaluate.benchmark import Roots, parse_benchmark
 from pclbench.report.tables import build_tables
+from test_probes import write_split as write_probe_split
 
 TRAIN = {"optimizer": "lbfgs", "lr_grid": [1.0], "weight_decay_grid": [1e-3], "epochs": 5, "batch_size": 0,
          "lr_schedule": "constant", "eval_every": 5, "lr_step": "step", "init": "zeros", "shuffle": True,
@@ -36,16 +37,9 @@ CONFIG = {
 
 def write_split(root: Path, dataset: str, split: str, manifest: pd.DataFrame, rows=None) -> None:
     """Aligned manifest (with its ``row`` column) + a feature cache holding only ``rows`` (default all):
-    a manifest row without features is one the probe never sees."""
-    d = root / "aligned" / dataset / split
-    d.mkdir(parents=True)
-    m = manifest.copy()
-    m["row"] = np.arange(len(m))
-    m.to_csv(d / "manifest.csv", index=False)
-    rows = np.arange(len(m)) if rows is None else np.asarray(rows)
-    x = np.random.default_rng(0).normal(size=(len(rows), 4)).astype(np.float32)  # never read by a floor
-    (root / "features" / dataset).mkdir(parents=True, exist_ok=True)
-    np.savez(root / "features" / dataset / f"{split}.npz", trunk=x, face=x, pose=x, row=rows.astype(np.int64))
+    a manifest row without features is one the probe never sees (the probe tests' writer)."""
+    x = np.random.default_rng(0).normal(size=(len(manifest), 4)).astype(np.float32)  # never read by a floor
+    write_probe_split(root, split, manifest, x, rows=rows, dataset=dataset)
 
 
 def roots(root: Path) -> Roots:
