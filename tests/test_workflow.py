@@ -74,7 +74,13 @@ def test_end_to_end_tiny(tmp_path):
     for b, (task, metrics) in benchmarks.items():
         md = (res / "tables" / f"{task}.md").read_text()
         table = pd.read_csv(res / "tables" / f"{task}.csv").set_index("method")
-        assert sorted(table.index) == sorted(methods), table
+        # the methods' rows, and first the task's label-only floor (pclbench.evaluate.<task>.trivial)
+        assert table.index[0] == "trivial predictor" and table.loc["trivial predictor", "kind"] == "trivial", table
+        assert sorted(table.index[1:]) == sorted(methods), table
+        floors = {json.dumps(json.loads((res / "probes" / m / f"{b}.json").read_text())["trivial"], sort_keys=True)
+                  for m in methods}
+        assert len(floors) == 1, floors  # from labels only: the same for every method
+        floor = json.loads(floors.pop())["metrics"]
         for m in methods:
             assert f"| {m} " in md, md
             probe = json.loads((res / "probes" / m / f"{b}.json").read_text())
@@ -89,12 +95,19 @@ def test_end_to_end_tiny(tmp_path):
                 col = f"{b}:{metric}"
                 if col in table.columns:  # the table shows the primary readout's mean, not another number
                     assert table.loc[m, col] == pytest.approx(probe["summary"]["trunk"][metric]["mean"]), (b, m, col)
+                    assert lo <= floor[metric] <= hi and table.loc["trivial predictor", col] == pytest.approx(floor[metric])
         # No cell says "not run": every method x benchmark produced a number.
         for line in md.splitlines():
             if line.startswith("| ") and not line.startswith("| Method"):
                 assert "not run" not in line, line
     summary = pd.read_csv(res / "tables" / "summary.csv").set_index("method")
-    assert sorted(summary.index) == sorted(methods) and summary.notna().all().all(), summary
+    assert summary.index[0] == "trivial predictor" and sorted(summary.index[1:]) == sorted(methods), summary
+    assert summary.loc[methods].notna().all().all(), summary  # the floor row has no std / n (deterministic)
+    values = [c for c in summary.columns if c.count(":") == 1]
+    assert summary.loc["trivial predictor", values].notna().all(), summary
+    # the disentanglement table: one row per method with both heads probed (all three here)
+    dis = pd.read_csv(res / "tables" / "disentanglement.csv")
+    assert sorted(dis["method"]) == sorted(methods), dis
     # Pretraining wrote its provenance and per-step metrics; alignment its QC report.
     run = json.loads((res / "pretrain" / "pcl" / "run.json").read_text())
     assert run["config"] and run["versions"]["torch"]
