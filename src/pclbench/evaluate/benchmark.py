@@ -28,9 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pclbench.align.shards import read_manifest
 from pclbench.core.config import ConfigError, from_dict
-from pclbench.evaluate.linear import ProbeConfig, load_split
+from pclbench.evaluate.linear import ProbeConfig, load_rows, load_split
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +69,9 @@ class Roots:
         return load_split(self.features / ref.dataset, self.aligned / ref.dataset, ref.split, readout)
 
     def rows(self, ref: DataRef) -> pd.DataFrame:
-        """The manifest rows of ``ref`` that :meth:`load` returns beside X, in the same order, read
-        without loading a feature array (only the cache's ``row`` key): the label-only floors use it."""
-        npz_path = self.features / ref.dataset / f"{ref.split}.npz"
-        if not npz_path.is_file():
-            raise FileNotFoundError(f"cached features not found: {npz_path} (run the extract stage)")
-        manifest = read_manifest(self.aligned / ref.dataset / ref.split)
-        with np.load(npz_path) as z:
-            if "row" not in z.files:
-                raise KeyError(f"{npz_path}: missing key(s) ['row']; has {z.files}")
-            rows = np.asarray(z["row"]).astype(np.int64)  # (N,)
-        if len(np.unique(rows)) != len(rows):
-            raise ValueError(f"{npz_path}: key row has duplicates")
-        unknown = np.setdiff1d(rows, manifest["row"].to_numpy())
-        if len(unknown):
-            raise ValueError(f"{npz_path}: {len(unknown)} feature rows are not in {self.manifest_path(ref)}, "
-                             f"e.g. {unknown[:5].tolist()}")
-        return manifest.set_index("row", drop=False).loc[rows].reset_index(drop=True)
+        """The manifest rows of ``ref`` that :meth:`load` returns beside X, in the same order, without
+        loading a feature array (:func:`pclbench.evaluate.linear.load_rows`): the label-only floors use it."""
+        return load_rows(self.features / ref.dataset, self.aligned / ref.dataset, ref.split)
 
     def manifest_path(self, ref: DataRef) -> str:
         return str(self.aligned / ref.dataset / ref.split / "manifest.csv")

@@ -517,6 +517,27 @@ def load_split(features_dir: Path, aligned_dir: Path, split: str, readout: str) 
         if not np.all(np.isfinite(a)):
             raise ValueError(f"{npz_path}: {k} contains nan or inf")
     x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)  # (N, D)
+    return x, rows_of(manifest, rows, npz_path, shard_dir)
+
+
+def load_rows(features_dir: Path, aligned_dir: Path, split: str) -> pd.DataFrame:
+    """The manifest rows :func:`load_split` returns beside X, read without loading a feature array (only
+    the cache's ``row`` key): the label-only floors use it."""
+    npz_path = Path(features_dir) / f"{split}.npz"
+    shard_dir = Path(aligned_dir) / split
+    if not npz_path.is_file():
+        raise FileNotFoundError(f"cached features not found: {npz_path} (run the extract stage)")
+    manifest = read_manifest(shard_dir)
+    with np.load(npz_path) as z:
+        if "row" not in z.files:
+            raise KeyError(f"{npz_path}: missing key(s) ['row']; has {z.files}")
+        rows = np.asarray(z["row"]).astype(np.int64)  # (N,)
+    return rows_of(manifest, rows, npz_path, shard_dir)
+
+
+def rows_of(manifest: pd.DataFrame, rows: np.ndarray, npz_path: Path, shard_dir: Path) -> pd.DataFrame:
+    """The manifest rows named by a feature cache's ``row`` key, in its order; the rows must be unique and
+    all in the manifest."""
     if len(np.unique(rows)) != len(rows):
         raise ValueError(f"{npz_path}: key row has duplicates")
     known = set(manifest["row"].tolist())
@@ -524,8 +545,7 @@ def load_split(features_dir: Path, aligned_dir: Path, split: str, readout: str) 
     if unknown:
         raise ValueError(f"{npz_path}: {len(unknown)} feature rows are not in {shard_dir / MANIFEST}, "
                          f"e.g. {unknown[:5]}")
-    aligned = manifest.set_index("row", drop=False).loc[rows].reset_index(drop=True)
-    return x, aligned
+    return manifest.set_index("row", drop=False).loc[rows].reset_index(drop=True)
 
 
 def require_columns(manifest: pd.DataFrame, columns: Sequence[str], where: str) -> None:
